@@ -1,0 +1,53 @@
+"""Package metadata for prompt-tuning.
+
+Version ranges are those the project is tested with (see .ci/run); the lower
+bounds are the first releases with the APIs we use.
+"""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.4.30,<0.13",
+    "flax>=0.10,<0.13",
+    "optax>=0.2.3,<0.3",
+    "orbax-checkpoint>=0.6,<0.13",
+    "tensorstore>=0.1.60",
+    "msgpack>=1.0",
+    "numpy>=1.26",
+    "seqio>=0.0.19",
+    "tensorflow>=2.16",
+    "tensorflow-datasets>=4.9",
+    "sentencepiece>=0.2",
+    "gin-config>=0.5",
+    "clu>=0.0.12",
+]
+
+EXTRAS_REQUIRE = {
+    # Reading and writing Hugging Face T5 folders (config.json + safetensors).
+    "hf": ["safetensors>=0.4"],
+    # The test suite, including parity against Hugging Face's PyTorch T5.
+    # torch is pinned to the CPU build these machines carry locally.
+    "test": [
+        "pytest>=8",
+        "safetensors>=0.4",
+        "transformers>=4.40",
+        "torch==2.13.0",
+    ],
+}
+
+setuptools.setup(
+    name="prompt-tuning",
+    version="0.1.0",
+    description=(
+        "Prompt tuning and delta tuning of frozen T5.1.1 models in JAX/Flax, "
+        "faithful to T5X."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
+    package_data={"prompt_tuning": ["assets/*", "assets/**/*", "assets/**/**/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
