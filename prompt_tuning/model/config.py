@@ -1,0 +1,94 @@
+"""The T5.1.1 model configuration and the standard sizes.
+
+Field names follow T5X's `network.T5Config` so that T5X gin files read
+naturally (`T5Config.emb_dim = 4096`). The two relative-position fields are
+ours: T5X hard-codes them, but real checkpoints (the tiny one in shared/data
+uses 4 buckets) need them configurable.
+"""
+import dataclasses
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Shape and numerics of a T5.1.1 encoder-decoder.
+
+  Attributes:
+    vocab_size: rows of the embedding table (32128 for the T5 vocabulary:
+      32000 pieces + 100 sentinels, padded to a multiple of 128).
+    emb_dim: model width d.
+    num_heads: attention heads.
+    num_encoder_layers: encoder blocks.
+    num_decoder_layers: decoder blocks.
+    head_dim: width of one head (64 in every T5.1.1 size).
+    mlp_dim: hidden width of the feed-forward block (d_ff).
+    mlp_activations: ('gelu', 'linear') is T5.1.1's gated GELU; ('relu',) is
+      the original T5's plain ReLU MLP.
+    dropout_rate: rate of every dropout in the network (0.1 in fine-tuning).
+    dtype: activation dtype; parameters and logits are always float32.
+    logits_via_embedding: tie the output projection to the embedding table
+      (original T5); T5.1.1 has a separate `logits_dense`.
+    relative_attention_num_buckets: position buckets per stack (32).
+    relative_attention_max_distance: distance beyond which buckets saturate.
+  """
+  vocab_size: int = 32128
+  emb_dim: int = 512
+  num_heads: int = 6
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.1
+  dtype: Any = 'float32'
+  logits_via_embedding: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+
+  def __post_init__(self):
+    # Gin and JSON hand us lists; the module needs something hashable.
+    object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+
+  @property
+  def activation_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes) -> 'T5Config':
+    return dataclasses.replace(self, **changes)
+
+
+def _size(d, d_ff, heads, layers, **extra) -> T5Config:
+  return T5Config(emb_dim=d, mlp_dim=d_ff, num_heads=heads,
+                  num_encoder_layers=layers, num_decoder_layers=layers, **extra)
+
+
+# T5.1.1 sizes (T5X's t5_1_1/*.gin). `tiny` is ours, for tests and demos.
+SIZES = {
+    'tiny': _size(64, 128, 4, 2, head_dim=16),
+    'small': _size(512, 1024, 6, 8),
+    'base': _size(768, 2048, 12, 12),
+    'large': _size(1024, 2816, 16, 24),
+    'xl': _size(2048, 5120, 32, 24),
+    'xxl': _size(4096, 10240, 64, 24),
+}
+
+
+def num_parameters(config: T5Config) -> int:
+  """Counts the parameters of `config` from the T5.1.1 tree, without building it."""
+  d, v = config.emb_dim, config.vocab_size
+  kv = config.num_heads * config.head_dim
+  attention = 4 * d * kv
+  mlp = (len(config.mlp_activations) + 1) * d * config.mlp_dim
+  relpos = config.num_heads * config.relative_attention_num_buckets
+  encoder = config.num_encoder_layers * (attention + mlp + 2 * d) + d + relpos
+  decoder = config.num_decoder_layers * (2 * attention + mlp + 3 * d) + d + relpos
+  logits = 0 if config.logits_via_embedding else d * v
+  return v * d + encoder + decoder + logits
+
+
+def default_activation_dtype() -> str:
+  """'float32' on CPU, where bfloat16 is slow, else 'bfloat16' (as T5X runs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'

@@ -1,0 +1,199 @@
+"""The T5.1.1 encoder-decoder, with T5X's parameter tree and call signature.
+
+    model = Transformer(config)
+    logits = model.apply({'params': params}, encoder_input_tokens,
+                         decoder_input_tokens, decoder_target_tokens)
+
+Token id 0 is padding: it makes every mask. Logits are float32
+[batch, target_length, vocab]. `encode` and `decode` are separate methods for
+decoding; `decode(..., decode=True)` runs one position at a time against a
+key/value cache in the 'cache' collection.
+
+Subclasses that put something in front of the encoder input (prompts)
+override `embed_encoder_inputs` and `encoder_mask`; nothing else changes.
+"""
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.model import layers
+from prompt_tuning.model.config import T5Config
+
+Array = jax.Array
+ACTIVATION_AXES = ('batch', 'length', 'embed')
+
+
+def _dropout(config: T5Config) -> nn.Dropout:
+  """Hidden-state dropout, one mask shared across the length axis (as T5)."""
+  return nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
+
+
+class EncoderLayer(nn.Module):
+  """Pre-norm self-attention and MLP blocks with residuals."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, enable_dropout: bool = False) -> Array:
+    """[b, l, d] with bias [b, h, l, l] -> [b, l, d]."""
+    cfg, dtype = self.config, self.config.activation_dtype
+    deterministic = not enable_dropout
+    y = layers.RMSNorm(dtype, name='pre_attention_layer_norm')(x)
+    y = layers.MultiHeadDotProductAttention(
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name='attention')(
+            y, y, bias, enable_dropout=enable_dropout)
+    x = x + _dropout(cfg)(y, deterministic=deterministic)
+    y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
+    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                        name='mlp')(y, enable_dropout)
+    x = x + _dropout(cfg)(y, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+class DecoderLayer(nn.Module):
+  """Self-attention, cross-attention and MLP blocks, each pre-norm."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
+               enable_dropout: bool = False, decode: bool = False) -> Array:
+    cfg, dtype = self.config, self.config.activation_dtype
+    deterministic = not enable_dropout
+    attention = lambda name: layers.MultiHeadDotProductAttention(
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name=name)
+    y = layers.RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
+    y = attention('self_attention')(y, y, self_bias, enable_dropout=enable_dropout,
+                                    decode=decode)
+    x = x + _dropout(cfg)(y, deterministic=deterministic)
+    y = layers.RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
+    y = attention('encoder_decoder_attention')(y, encoded, cross_bias,
+                                               enable_dropout=enable_dropout)
+    x = x + _dropout(cfg)(y, deterministic=deterministic)
+    y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
+    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                        name='mlp')(y, enable_dropout)
+    x = x + _dropout(cfg)(y, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+def _relpos(config: T5Config) -> layers.RelativePositionBiases:
+  return layers.RelativePositionBiases(
+      config.relative_attention_num_buckets, config.relative_attention_max_distance,
+      config.num_heads, config.activation_dtype, name='relpos_bias')
+
+
+class Encoder(nn.Module):
+  """Embedded inputs [b, l, d] and mask [b, l] -> encoded [b, l, d]."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, enable_dropout: bool = False) -> Array:
+    cfg = self.config
+    length = x.shape[1]
+    bias = (_relpos(cfg)(length, length, bidirectional=True) +
+            layers.mask_to_bias(layers.make_attention_mask(mask, mask), cfg.activation_dtype))
+    x = _dropout(cfg)(x, deterministic=not enable_dropout)
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, enable_dropout)
+    x = layers.RMSNorm(cfg.activation_dtype, name='encoder_norm')(x)
+    return _dropout(cfg)(x, deterministic=not enable_dropout)
+
+
+class Decoder(nn.Module):
+  """Decoder tokens + encoded -> logits [b, l, vocab] (float32).
+
+  Owns `logits_dense` (T5.1.1) or, with tied embeddings, projects through the
+  shared token embedder.
+  """
+  config: T5Config
+  shared_embedding: layers.Embed
+
+  @nn.compact
+  def __call__(self, decoder_input_tokens: Array, encoded: Array,
+               self_mask: Optional[Array], cross_mask: Array,
+               enable_dropout: bool = False, decode: bool = False,
+               max_decode_length: Optional[int] = None) -> Array:
+    """self_mask [b, 1, l, l] (None in cached decoding), cross_mask [b, 1, l, k]."""
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    y = self.shared_embedding(decoder_input_tokens)
+    # In cached decoding the bias covers the whole cache; layers slice their row.
+    length = max_decode_length if decode and max_decode_length else y.shape[1]
+    self_bias = _relpos(cfg)(length, length, bidirectional=False)
+    if self_mask is not None:
+      self_bias = self_bias + layers.mask_to_bias(self_mask, dtype)
+    cross_bias = layers.mask_to_bias(cross_mask, dtype)
+    y = _dropout(cfg)(y, deterministic=not enable_dropout)
+    y = nn.with_logical_constraint(y, ACTIVATION_AXES)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_bias, cross_bias,
+                                                enable_dropout, decode)
+    y = layers.RMSNorm(dtype, name='decoder_norm')(y)
+    y = _dropout(cfg)(y, deterministic=not enable_dropout)
+    if cfg.logits_via_embedding:
+      # Tied output projection, scaled as T5X does for the shared case.
+      logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(dtype)
+      return logits.astype(jnp.float32)
+    return layers.Dense(cfg.vocab_size, ('embed', 'vocab'), jnp.float32,
+                        name='logits_dense')(y)
+
+
+class Transformer(nn.Module):
+  """T5.1.1: a token embedder shared by encoder and decoder, untied logits."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype)
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  # -- hooks for what goes in front of the encoder input --------------------
+  def embed_encoder_inputs(self, encoder_input_tokens: Array) -> Tuple[Array, Array]:
+    """[b, l] tokens -> (embedded [b, l', d], mask [b, l'])."""
+    return self.token_embedder(encoder_input_tokens), encoder_input_tokens > 0
+
+  def encoder_mask(self, encoder_input_tokens: Array) -> Array:
+    """[b, l] tokens -> [b, l'] booleans over the encoded positions."""
+    return encoder_input_tokens > 0
+
+  # -- the network -----------------------------------------------------------
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
+    """[b, l] tokens -> encoded [b, l', d]."""
+    x, mask = self.embed_encoder_inputs(encoder_input_tokens)
+    return self.encoder(x, mask, enable_dropout)
+
+  def decode(self, encoded: Array, encoder_input_tokens: Array,
+             decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
+             enable_dropout: bool = False, decode: bool = False,
+             max_decode_length: Optional[int] = None) -> Array:
+    """Logits [b, t, vocab] (float32) for decoder inputs [b, t].
+
+    Teacher forcing: queries and keys at padding targets are masked, plus the
+    causal mask. Cached decoding (`decode=True`): t is 1 and the cache does
+    the causal masking.
+    """
+    encoder_valid = self.encoder_mask(encoder_input_tokens)
+    if decode:
+      self_mask = None
+      decoder_valid = jnp.ones(decoder_input_tokens.shape, bool)
+    else:
+      if decoder_target_tokens is None:
+        raise ValueError('decoder_target_tokens is needed to mask padding '
+                         'unless decoding with the cache (decode=True).')
+      decoder_valid = decoder_target_tokens > 0
+      self_mask = (layers.make_attention_mask(decoder_valid, decoder_valid) &
+                   layers.make_causal_mask(decoder_input_tokens.shape[1]))
+    cross_mask = layers.make_attention_mask(decoder_valid, encoder_valid)
+    logits = self.decoder(decoder_input_tokens, encoded, self_mask, cross_mask,
+                          enable_dropout, decode, max_decode_length)
+    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array, enable_dropout: bool = False,
+               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    encoded = self.encode(encoder_input_tokens, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, enable_dropout, decode, max_decode_length)
