@@ -1,0 +1,19 @@
+"""The frozen backbone: T5.1.1 in Flax with T5X's parameter tree and numerics."""
+
+from prompt_tuning.model.config import SIZES, T5Config, num_parameters
+from prompt_tuning.model.losses import (compute_weighted_cross_entropy,
+                                        cross_entropy_with_logits, sequence_scores)
+from prompt_tuning.model.t5 import Transformer
+
+__all__ = [
+    'SIZES', 'T5Config', 'Transformer', 'compute_weighted_cross_entropy',
+    'cross_entropy_with_logits', 'load_pretrained', 'num_parameters', 'sequence_scores',
+]
+
+
+def __getattr__(name):
+  # Checkpoint readers pull in tensorstore and friends: load them on first use.
+  if name in ('load_pretrained', 'CheckpointError'):
+    from prompt_tuning.model import pretrained
+    return getattr(pretrained, name)
+  raise AttributeError(name)

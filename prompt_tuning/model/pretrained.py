@@ -1,0 +1,142 @@
+"""Loads a pretrained T5 from whatever format `INITIAL_CHECKPOINT_PATH` names.
+
+Accepted, detected from what is on disk:
+
+  * a legacy T5X checkpoint: a `checkpoint_<step>` directory holding the
+    `checkpoint` msgpack file (and no Orbax layout), or that file itself;
+  * a directory of `checkpoint_<step>` subdirectories (a T5X model dir): the
+    highest step is loaded;
+  * a Hugging Face T5 folder: config.json with model.safetensors (possibly
+    sharded) or pytorch_model.bin.
+
+The result is always (T5Config, params) with params the T5X tree of float32
+numpy arrays, checked against the shapes the configuration implies.
+"""
+import os
+import posixpath
+import re
+from typing import Any, Dict, List, Tuple
+
+from prompt_tuning.model import hf_checkpoint
+from prompt_tuning.model import t5x_checkpoint
+from prompt_tuning.model.config import T5Config
+from prompt_tuning.model.param_shapes import CheckpointError
+from prompt_tuning.model.param_shapes import check_params
+
+_STEP_DIR_RE = re.compile(r'^checkpoint_(\d+)$')
+# Files and folders that mark an Orbax checkpoint (what current T5X writes).
+_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', 'manifest.ocdbt',
+                  'state')
+ACCEPTED = (
+    'a legacy T5X checkpoint_<step> directory (msgpack `checkpoint` file + '
+    'zarr arrays) or its `checkpoint` file; a directory of checkpoint_<step> '
+    'subdirectories (the latest is used); a Hugging Face T5 folder '
+    '(config.json + model.safetensors[.index.json] or pytorch_model.bin)')
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def _exists(path: str) -> bool:
+  return _gfile().exists(path) if '://' in path else os.path.exists(path)
+
+
+def _isdir(path: str) -> bool:
+  return _gfile().isdir(path) if '://' in path else os.path.isdir(path)
+
+
+def _listdir(path: str) -> List[str]:
+  names = _gfile().listdir(path) if '://' in path else os.listdir(path)
+  return sorted(name.rstrip('/') for name in names)
+
+
+def latest_t5x_checkpoint(model_dir: str) -> str:
+  """The `checkpoint_<step>` subdirectory of `model_dir` with the top step."""
+  steps = {int(m.group(1)): name
+           for name in _listdir(model_dir)
+           if (m := _STEP_DIR_RE.match(name))
+           and _isdir(posixpath.join(model_dir, name))}
+  if not steps:
+    raise CheckpointError(f'no checkpoint_<step> directory in {model_dir}')
+  return posixpath.join(model_dir, steps[max(steps)])
+
+
+def _describe(names: List[str]) -> str:
+  shown = ', '.join(names[:12]) + (', ...' if len(names) > 12 else '')
+  return f'[{shown}]' if names else 'an empty directory'
+
+
+def detect_format(path: str) -> Tuple[str, str]:
+  """Says what `path` holds: ('t5x', checkpoint path) or ('hf', folder).
+
+  Raises:
+    CheckpointError: saying what was found and which formats are accepted.
+  """
+  return _detect(path, model_dir_ok=True)
+
+
+def _detect(path: str, model_dir_ok: bool) -> Tuple[str, str]:
+  path = path.rstrip('/') or '/'
+  if not _exists(path):
+    raise CheckpointError(f'{path} does not exist; expected {ACCEPTED}')
+  if not _isdir(path):
+    name = posixpath.basename(path)
+    if name == t5x_checkpoint.MSGPACK_NAME:
+      return 't5x', path
+    if name in (hf_checkpoint.CONFIG_NAME,) + hf_checkpoint.WEIGHT_NAMES:
+      return 'hf', posixpath.dirname(path) or '.'
+    raise CheckpointError(f'{path} is a file of unknown format; expected '
+                          f'{ACCEPTED}')
+  names = _listdir(path)
+  orbax = [m for m in _ORBAX_MARKERS if m in names]
+  if orbax:
+    raise CheckpointError(
+        f'{path} is an Orbax checkpoint (found {orbax}); load_pretrained '
+        f'reads {ACCEPTED}. Restore Orbax checkpoints with the training '
+        'checkpoint manager, or convert them with tools/')
+  if t5x_checkpoint.MSGPACK_NAME in names:
+    return 't5x', path
+  if hf_checkpoint.CONFIG_NAME in names:
+    if '://' in path:
+      raise CheckpointError(f'{path}: Hugging Face folders are read from '
+                            'local disk; copy it locally first')
+    return 'hf', path
+  weights = [n for n in names if n in hf_checkpoint.WEIGHT_NAMES]
+  if weights:
+    raise CheckpointError(f'{path} holds Hugging Face weights {weights} but '
+                          f'no {hf_checkpoint.CONFIG_NAME}')
+  if model_dir_ok and any(_STEP_DIR_RE.match(n) for n in names):
+    return _detect(latest_t5x_checkpoint(path), model_dir_ok=False)
+  raise CheckpointError(
+      f'{path} holds no pretrained model: found {_describe(names)}; '
+      f'expected {ACCEPTED}')
+
+
+def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
+  """Loads a pretrained T5 from a legacy T5X checkpoint or an HF folder.
+
+  Args:
+    path: see the module docstring for what is accepted.
+
+  Returns:
+    (config, params): the configuration read from (or implied by) the
+    checkpoint, and the T5X parameter tree as float32 numpy arrays, e.g.
+    token_embedder/embedding [vocab, embed].
+
+  Raises:
+    CheckpointError: the path holds nothing loadable, or its arrays are
+      unreadable or do not fit together.
+  """
+  kind, resolved = detect_format(path)
+  if kind == 't5x':
+    config, params = t5x_checkpoint.load_t5x(resolved)
+  else:
+    config, params = hf_checkpoint.read_hf_t5(resolved)
+  check_params(config, params, resolved)
+  return config, params
+
+
+__all__ = ['ACCEPTED', 'CheckpointError', 'detect_format',
+           'latest_t5x_checkpoint', 'load_pretrained']
