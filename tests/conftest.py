@@ -1,0 +1,28 @@
+"""Shared fixtures. The real artifacts live in ../shared/data beside the clone."""
+import os
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get('PROMPT_TUNING_SHARED_DATA',
+                                          REPO_ROOT.parent / 'shared' / 'data'))
+
+
+@pytest.fixture(scope='session')
+def shared_data() -> pathlib.Path:
+  """../shared/data (or $PROMPT_TUNING_SHARED_DATA); missing data fails, never skips."""
+  if not (SHARED_DATA / 't5x_t5_1_1_tiny' / 'checkpoint_3').is_dir():
+    pytest.fail(f'The shared reference data is missing at {SHARED_DATA}: clone the '
+                'repository beside shared/ or set PROMPT_TUNING_SHARED_DATA.',
+                pytrace=False)
+  return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """Gin is global state: every test starts from an empty configuration."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()
