@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2",
     "gin-config>=0.5",
     "clu>=0.0.12",
+    "tensorboard>=2.16",
 ]
 
 EXTRAS_REQUIRE = {

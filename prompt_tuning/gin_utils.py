@@ -19,6 +19,19 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
                                       finalize_config=False)
+  check_required_macros()
+
+
+def check_required_macros() -> None:
+  """Fails naming every macro still bound to %gin.REQUIRED."""
+  # gin has no public listing of macros; its config dict is keyed by
+  # (name, 'gin.macro') for them.
+  unset = sorted(name for (name, selector), bindings in gin.config._CONFIG.items()  # pylint: disable=protected-access
+                 if selector == 'gin.macro' and repr(bindings.get('value')) == '%gin.REQUIRED')
+  if unset:
+    flags = ' '.join(f'--gin.{name}=...' for name in unset)
+    raise ValueError(f'Required gin macros are not set: {", ".join(unset)}. '
+                     f'Set them with {flags} or in a gin file.')
 
 
 @gin.configurable
@@ -41,3 +54,26 @@ def macro(name: str) -> Any:
   with gin.unlock_config():
     gin.parse_config(f'prompt_tuning.gin_utils._macro_value.value = %{name}')
   return _macro_value()
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list:
+  """Turns T5X's `--gin.NAME=VALUE` shorthand into `--gin_bindings=NAME = VALUE`.
+
+  The value is a gin literal, so strings keep their inner quotes:
+  `--gin.MODEL_DIR="'/tmp/run'"`.
+  """
+  rewritten = []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      name, sep, value = arg[len('--gin.'):].partition('=')
+      if not sep:
+        raise ValueError(f'{arg}: expected --gin.NAME=VALUE')
+      rewritten.append(f'--gin_bindings={name} = {value}')
+    else:
+      rewritten.append(arg)
+  return rewritten
+
+
+def config_str() -> str:
+  """The effective configuration, as gin prints it (for MODEL_DIR/config.gin)."""
+  return gin.config_str()

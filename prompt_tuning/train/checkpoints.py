@@ -1,0 +1,123 @@
+"""Delta-only checkpoints (Orbax), in T5X's `MODEL_DIR/checkpoint_<step>/` layout.
+
+A checkpoint holds what training changes and nothing else:
+
+    checkpoint_<step>/
+      state/      Orbax pytree: step, trainable collections, optimizer state
+      metadata/   JSON: base checkpoint path + fingerprint + step, data position,
+                  trainable collections
+      prompt.npy  the prompt, [length, embed] (prompt tuning only)
+
+An XXL prompt checkpoint is megabytes, not the 44 GB a full T5X checkpoint
+takes. The frozen backbone is re-read from the base checkpoint on resume and
+must have the recorded fingerprint. Orbax writes each step into a temporary
+directory and renames it when complete, so an interrupted save never replaces
+a good checkpoint; the .npy is written the same way (temporary file, rename).
+"""
+import hashlib
+import io
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
+
+PROMPT_NPY = 'prompt.npy'
+
+
+def fingerprint(params: Dict[str, Any], sample: int = 4096) -> str:
+  """A cheap identity of a parameter tree: names, shapes and sampled values.
+
+  Hashing all of an 11B-parameter model would take minutes; the first and a
+  strided sample of `sample` values per array tell checkpoints apart.
+  """
+  digest = hashlib.sha256()
+  for path, value in sorted(flatten_dict(params, sep='/').items()):
+    flat = np.asarray(value, np.float32).reshape(-1)
+    stride = max(1, flat.size // sample)
+    digest.update(f'{path}:{tuple(np.shape(value))};'.encode())
+    digest.update(np.ascontiguousarray(flat[::stride][:sample]).tobytes())
+  return digest.hexdigest()[:16]
+
+
+class FingerprintMismatchError(ValueError):
+  """The base checkpoint differs from the one the delta was trained on."""
+
+
+class DeltaCheckpointer:
+  """Saves and restores the trainable delta of a run under `model_dir`."""
+
+  def __init__(self, model_dir: str, keep: Optional[int] = 3):
+    self.model_dir = model_dir
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, step_prefix='checkpoint', create=True,
+        enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(model_dir, options=options,
+                                          item_names=('state', 'metadata'))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return self._manager.all_steps()
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.model_dir, f'checkpoint_{step}')
+
+  def save(self, step: int, state: Dict[str, Any], metadata: Dict[str, Any]) -> None:
+    """Writes `state` (a pytree of arrays) and JSON `metadata` as checkpoint_<step>."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
+        force=True)
+    self._manager.wait_until_finished()
+    prompt = state.get('trainable', {}).get('prompt')
+    if prompt is not None and jax.process_index() == 0:
+      export_prompt_npy(prompt, os.path.join(self.step_dir(step), PROMPT_NPY))
+
+  def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
+    """(state, metadata) of checkpoint_<step>, shaped like `abstract_state`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        metadata=ocp.args.JsonRestore()))
+    return restored['state'], dict(restored['metadata'])
+
+  def metadata(self, step: int) -> Dict[str, Any]:
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore()))
+    return dict(restored['metadata'])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def single_prompt(prompt_collection: Dict[str, Any]) -> np.ndarray:
+  """The one [length, embed] array of a 'prompt' collection."""
+  leaves = jax.tree_util.tree_leaves(prompt_collection)
+  if len(leaves) != 1:
+    raise ValueError(f'Expected one prompt array, found {len(leaves)}.')
+  return np.asarray(leaves[0])
+
+
+def export_prompt_npy(prompt_collection: Dict[str, Any], path: str) -> None:
+  """Writes the prompt as .npy [length, embed], atomically."""
+  buffer = io.BytesIO()
+  np.save(buffer, single_prompt(prompt_collection))
+  _atomic_write(path, buffer.getvalue())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tmp = path + '.tmp'
+    with tf.io.gfile.GFile(tmp, 'wb') as f:
+      f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

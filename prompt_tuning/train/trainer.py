@@ -1,0 +1,199 @@
+"""The training loop, T5X's order of things in one readable function.
+
+1. Resume from the latest checkpoint in MODEL_DIR, else start from the
+   pretrained INITIAL_CHECKPOINT_PATH with a freshly initialized delta.
+2. Write the effective gin configuration to MODEL_DIR/config.gin.
+3. Loop to TRAIN_STEPS (absolute, counting the pretrained checkpoint's steps),
+   logging and saving periodically; save once more at the end.
+"""
+import dataclasses
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from clu import metric_writers
+
+from prompt_tuning import gin_utils
+from prompt_tuning.model import load_pretrained
+from prompt_tuning.model.param_shapes import check_params
+from prompt_tuning.train import data
+from prompt_tuning.train.checkpoints import DeltaCheckpointer, FingerprintMismatchError, fingerprint
+from prompt_tuning.train.optimizers import Adafactor
+from prompt_tuning.train.step import TrainState, make_train_step, split_variables
+
+
+def _dummy_batch(task_feature_lengths: Mapping[str, int]):
+  shape = lambda key: (1, task_feature_lengths[key])
+  return (jnp.ones(shape('inputs'), jnp.int32), jnp.ones(shape('targets'), jnp.int32),
+          jnp.ones(shape('targets'), jnp.int32))
+
+
+def initialize_variables(model: nn.Module, params: Dict[str, Any], rng: jax.Array,
+                         task_feature_lengths: Mapping[str, int]) -> Dict[str, Any]:
+  """The pretrained `params` plus every other collection the model declares.
+
+  The extra collections (the prompt, LoRA, ...) are created by applying the
+  model with the pretrained params and those collections mutable: their
+  initializers then see the real embedding table, which sampled-vocabulary
+  and class-label inits need.
+  """
+  batch = _dummy_batch(task_feature_lengths)
+  abstract = jax.eval_shape(lambda: model.init(rng, *batch))
+  extra = [c for c in abstract if c != 'params']
+  if not extra:
+    return {'params': params}
+  init = jax.jit(lambda p, r: model.apply({'params': p}, *batch, mutable=extra,
+                                          rngs={'params': r})[1])
+  return {'params': params, **nn.unbox(init(params, rng))}
+
+
+def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, tokens,
+                  examples_seen, learning_rate, writer) -> None:
+  weight = max(float(metrics['weight_sum']), 1.0)
+  scalars = {
+      'loss': float(metrics['loss']) / weight,          # per target token
+      'z_loss': float(metrics['z_loss']) / weight,
+      'accuracy': float(metrics['correct']) / weight,
+      'grad_norm': float(metrics['grad_norm']),
+      'learning_rate': learning_rate,
+      'steps_per_second': steps_done / seconds,
+      'tokens_per_second': tokens / seconds,
+      'examples_seen': examples_seen,
+  }
+  writer.write_scalars(step, scalars)
+  remaining = (train_steps - step) * seconds / max(steps_done, 1)
+  logging.info(
+      'step %d/%d (%.1f%%)  loss %.4f  acc %.3f  lr %g  %.2f steps/s  %s tokens/s  '
+      '%s examples  ETA %s', step, train_steps,
+      100 * (step - start_step) / max(train_steps - start_step, 1), scalars['loss'],
+      scalars['accuracy'], learning_rate, scalars['steps_per_second'],
+      f'{scalars["tokens_per_second"]:,.0f}', f'{examples_seen:,}',
+      time.strftime('%H:%M:%S', time.gmtime(remaining)))
+
+
+@gin.configurable
+def train(*,
+          model_dir: str = gin.REQUIRED,
+          model: nn.Module = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          initial_checkpoint_path: str = gin.REQUIRED,
+          trainable_collections: Sequence[str] = ('prompt',),
+          optimizer: Adafactor = Adafactor(),
+          mixture_or_task_module: Optional[str] = None,
+          random_seed: int = 0,
+          use_cached_tasks: bool = False,
+          shuffle: bool = True,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = 3,
+          log_period: int = 100,
+          z_loss: float = 1e-4,
+          label_smoothing: float = 0.0,
+          loss_normalizing_factor: Optional[float] = None) -> TrainState:
+  """Trains the `trainable_collections` of `model`; returns the final state."""
+  data.import_task_module(mixture_or_task_module)
+  task = data.get_task(mixture_or_task_name)
+  data.check_vocabulary(task, model.config.vocab_size)
+
+  checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
+  latest = checkpointer.latest_step()
+
+  # The frozen backbone always comes from the pretrained checkpoint.
+  logging.info('Loading the pretrained model from %s', initial_checkpoint_path)
+  _, params = load_pretrained(initial_checkpoint_path)
+  check_params(model.config, params, initial_checkpoint_path)
+  base = {'base_checkpoint': initial_checkpoint_path,
+          'base_fingerprint': fingerprint(params),
+          'base_step': _base_step(initial_checkpoint_path)}
+  rng = jax.random.PRNGKey(random_seed)
+  variables = initialize_variables(model, params, rng, task_feature_lengths)
+  frozen, trainable = split_variables(variables, trainable_collections)
+  if latest is not None:
+    recorded = checkpointer.metadata(latest)
+    if recorded['base_fingerprint'] != base['base_fingerprint']:
+      raise FingerprintMismatchError(
+          f'{checkpointer.step_dir(latest)} was trained on {recorded["base_checkpoint"]} '
+          f'(fingerprint {recorded["base_fingerprint"]}), but INITIAL_CHECKPOINT_PATH '
+          f'{initial_checkpoint_path} has fingerprint {base["base_fingerprint"]}.')
+    base['base_step'] = recorded['base_step']
+
+  tx = optimizer.build(base['base_step'])
+  state = TrainState(step=jnp.asarray(base['base_step'], jnp.int32), frozen=frozen,
+                     trainable=trainable, opt_state=tx.init(trainable))
+  if latest is not None:
+    saved = {'step': state.step, 'trainable': state.trainable, 'opt_state': state.opt_state}
+    restored, _ = checkpointer.restore(latest, jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), saved))
+    state = state.replace(**restored)
+    logging.info('Resumed from %s at step %d', checkpointer.step_dir(latest), int(state.step))
+
+  if jax.process_index() == 0:
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
+      f.write(gin_utils.config_str())
+
+  start_step = int(state.step)
+  consumed = start_step - base['base_step']
+  if start_step >= train_steps:
+    logging.warning('Nothing to train: the run is at step %d and TRAIN_STEPS=%d '
+                    '(absolute, counting the pretrained checkpoint\'s %d steps).',
+                    start_step, train_steps, base['base_step'])
+  batches = data.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
+                               seed=random_seed, skip_batches=consumed, shuffle=shuffle,
+                               use_cached=use_cached_tasks)
+  step_fn = make_train_step(model, tx, random_seed, z_loss=z_loss,
+                            label_smoothing=label_smoothing,
+                            loss_normalizing_factor=loss_normalizing_factor)
+  writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0)
+
+  def save(step: int) -> None:
+    metadata = {**base, 'data_batches_consumed': step - base['base_step'],
+                'trainable_collections': list(trainable_collections),
+                'model_config': dataclasses.asdict(model.config)}
+    checkpointer.save(step, {'step': state.step, 'trainable': state.trainable,
+                             'opt_state': state.opt_state}, metadata)
+    logging.info('Saved %s', checkpointer.step_dir(step))
+
+  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+  for step in range(start_step, train_steps):
+    batch = next(batches)
+    state, metrics = step_fn(state, batch)
+    window_steps += 1
+    window_tokens += int(np.sum(batch['encoder_input_tokens'] > 0) +
+                         np.sum(batch['decoder_target_tokens'] > 0)) * jax.process_count()
+    done = step + 1
+    if done % log_period == 0 or done == train_steps:
+      loss = float(metrics['loss'])
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f'The loss is {loss} at step {done}; the last good checkpoint is kept '
+            f'(step {checkpointer.latest_step()}). Lower the learning rate or check '
+            'the data.')
+      _log_progress(done, start_step, train_steps, metrics,
+                    time.perf_counter() - window_start, window_steps, window_tokens,
+                    (done - base['base_step']) * batch_size,
+                    optimizer.learning_rate_at(done), writer)
+      window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+    if done % checkpoint_period == 0 or done == train_steps:
+      if not np.isfinite(float(metrics['loss'])):
+        raise FloatingPointError(f'The loss is not finite at step {done}; not saving.')
+      save(done)
+  writer.flush()
+  checkpointer.close()
+  return state
+
+
+def _base_step(path: str) -> int:
+  """The step of a legacy T5X checkpoint (0 for other formats)."""
+  from prompt_tuning.model import pretrained, t5x_checkpoint  # pylint: disable=g-import-not-at-top
+  kind, resolved = pretrained.detect_format(path)
+  return t5x_checkpoint.t5x_step(resolved) if kind == 't5x' else 0

@@ -1,0 +1,43 @@
+"""A small SeqIO task for training tests (a FunctionDataSource; no TFDS, no network).
+
+Importing this module registers `fixture_sentiment`: inputs are short
+sentences, the target is 'positive' when the sentence holds 'good', else
+'negative'. It is learnable from the inputs, and its label prior alone
+already lowers the loss, which is what a few steps of a tiny model can show.
+"""
+import os
+
+import seqio
+import tensorflow as tf
+
+VOCABULARY = seqio.SentencePieceVocabulary(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 'prompt_tuning', 'assets', 't5_sentencepiece.model'), extra_ids=100)
+WORDS = ['the', 'movie', 'was', 'food', 'very', 'really', 'day', 'plot', 'service', 'weather']
+
+
+def _examples(split: str, count: int):
+  rng = __import__('random').Random(0 if split == 'train' else 1)
+  for i in range(count):
+    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+    positive = i % 2 == 0
+    words.insert(rng.randint(0, len(words)), 'good' if positive else 'bad')
+    yield ' '.join(words), 'positive' if positive else 'negative'
+
+
+def _dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+  del shuffle_files, seed
+  inputs, targets = zip(*_examples(split, 256 if split == 'train' else 32))
+  return tf.data.Dataset.from_tensor_slices({'inputs': list(inputs),
+                                             'targets': list(targets)})
+
+
+if 'fixture_sentiment' not in seqio.TaskRegistry.names():
+  seqio.TaskRegistry.add(
+      'fixture_sentiment',
+      source=seqio.FunctionDataSource(_dataset_fn, splits=['train', 'validation']),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features={
+          'inputs': seqio.Feature(VOCABULARY, add_eos=True),
+          'targets': seqio.Feature(VOCABULARY, add_eos=True),
+      })

@@ -1,0 +1,253 @@
+"""Training end to end: the CLI, frozen weights, resumption after a kill, bad input."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from prompt_tuning import gin_utils
+from prompt_tuning.model import load_pretrained
+from prompt_tuning.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTS = REPO / 'tests'
+BASE_STEP = 3  # the tiny T5X checkpoint is checkpoint_3
+
+# The shape of T5X's tiny test checkpoint in shared/data.
+TINY_T5X_GIN = """
+from __gin__ import dynamic_registration
+from prompt_tuning.model import config
+DROPOUT_RATE = 0.0
+MODEL_CONFIG = @config.T5Config()
+config.T5Config:
+  vocab_size = 32128
+  emb_dim = 4
+  num_heads = 2
+  num_encoder_layers = 2
+  num_decoder_layers = 2
+  head_dim = 2
+  mlp_dim = 8
+  dropout_rate = %DROPOUT_RATE
+  relative_attention_num_buckets = 4
+"""
+
+
+@pytest.fixture
+def tiny_gin(tmp_path):
+  path = tmp_path / 'tiny_t5x.gin'
+  path.write_text(TINY_T5X_GIN)
+  return str(path)
+
+
+@pytest.fixture
+def base_checkpoint(shared_data):
+  return str(shared_data / 't5x_t5_1_1_tiny' / 'checkpoint_3')
+
+
+def _args(tiny_gin, base_checkpoint, model_dir, steps, run='prompt_tune', prompt='random_uniform',
+          extra=(), base_step=BASE_STEP):
+  files = [tiny_gin] + ([f'gin/prompts/{prompt}.gin'] if prompt else []) + [f'gin/runs/{run}.gin']
+  return [f'--gin_file={f}' for f in files] + [
+      f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.MIXTURE_OR_TASK_NAME='fixture_sentiment'",
+      "--gin.MIXTURE_OR_TASK_MODULE='fixture_tasks'",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{base_checkpoint}'",
+      f'--gin.TRAIN_STEPS={base_step + steps}',
+      '--gin.BATCH_SIZE=8',
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+      '--gin.LOG_PERIOD=1',
+  ] + (['--gin.PROMPT_LENGTH=5'] if prompt else []) + list(extra)
+
+
+@pytest.fixture(scope='module')
+def random_tiny_hf(tmp_path_factory):
+  """Our `tiny` preset (d_model 64) with random weights, as a Hugging Face folder.
+
+  T5X's tiny checkpoint (d_model 4) is too narrow for a prompt to move the
+  loss visibly in a few steps; this one is wide enough.
+  """
+  from prompt_tuning.model import SIZES, Transformer, hf_checkpoint  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  tokens = np.ones((1, 8), np.int32)
+  params = nn.unbox(Transformer(SIZES['tiny']).init(jax.random.PRNGKey(0), tokens, tokens,
+                                                    tokens)['params'])
+  path = tmp_path_factory.mktemp('random_tiny') / 'hf'
+  hf_checkpoint.write_hf_t5(SIZES['tiny'], jax.tree_util.tree_map(np.asarray, params), str(path))
+  return str(path)
+
+
+def _run_cli(args, **kwargs):
+  env = dict(os.environ, PYTHONPATH=f'{TESTS}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+  return subprocess.Popen([sys.executable, '-m', 'prompt_tuning.train', *args], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **kwargs)
+
+
+def _train_in_process(args):
+  """Parses the same flags as the CLI and calls train() here (faster, inspectable)."""
+  files = [a.split('=', 1)[1] for a in args if a.startswith('--gin_file=')]
+  bindings = [b.split('=', 1)[1] for b in gin_utils.rewrite_gin_args(args)
+              if b.startswith('--gin_bindings=')]
+  if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+  gin_utils.parse_gin(files, bindings)
+  return trainer.train()
+
+
+def _scalars(model_dir, tag):
+  values = {}
+  for path in tf.io.gfile.glob(os.path.join(model_dir, 'train', 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return [values[k] for k in sorted(values)]
+
+
+def test_cli_prompt_tuning_learns(tmp_path, random_tiny_hf):
+  model_dir = tmp_path / 'run'
+  proc = _run_cli(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf, model_dir, steps=40,
+                        base_step=0, extra=['--gin.CHECKPOINT_PERIOD=25']))
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+
+  losses = _scalars(model_dir, 'loss')
+  assert len(losses) == 40
+  # Per-token loss starts near ln(32128) = 10.4; the prompt alone must cut it.
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
+  assert 'step 40/40' in out and 'tokens/s' in out and 'ETA' in out
+
+  # T5X saves when the absolute step is a multiple of the period, and at the end.
+  assert sorted(p.name for p in model_dir.glob('checkpoint_*')) == ['checkpoint_25',
+                                                                     'checkpoint_40']
+  assert 'PromptTransformer' in (model_dir / 'config.gin').read_text()
+  prompt_40 = np.load(model_dir / 'checkpoint_40' / 'prompt.npy')
+  prompt_25 = np.load(model_dir / 'checkpoint_25' / 'prompt.npy')
+  assert prompt_40.shape == (5, 64) and not np.allclose(prompt_40, prompt_25)
+  # The checkpoint is the delta alone: the 8 MB backbone is not in it.
+  total = sum(p.stat().st_size for p in (model_dir / 'checkpoint_40').rglob('*') if p.is_file())
+  assert total < 200_000, f'{total} bytes'
+  stored = {p.name for p in (model_dir / 'checkpoint_40' / 'state').rglob('*')}
+  assert not any('token_embedder' in name for name in stored)
+
+
+def test_frozen_backbone_is_bitwise_unchanged(tmp_path, tiny_gin, base_checkpoint):
+  _, loaded = load_pretrained(base_checkpoint)
+  state = _train_in_process(_args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=3,
+                                  extra=['--gin.DROPOUT_RATE=0.1']))
+  assert set(state.trainable) == {'prompt'} and set(state.frozen) == {'params'}
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.frozen['params'], loaded)
+  # Optimizer state exists for the prompt only: every array is at most [5, 4].
+  sizes = [np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state)]
+  assert max(sizes) <= 20
+
+
+def test_model_tuning_trains_every_parameter(tmp_path, tiny_gin, base_checkpoint):
+  _, loaded = load_pretrained(base_checkpoint)
+  state = _train_in_process(_args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=2,
+                                  run='model_tune', prompt=None))
+  assert set(state.trainable) == {'params'} and state.frozen == {}
+  changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b),
+                                   state.trainable['params'], loaded)
+  assert all(jax.tree_util.tree_leaves(changed))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_prompt(tmp_path, tiny_gin, base_checkpoint):
+  straight_dir, killed_dir = tmp_path / 'straight', tmp_path / 'killed'
+  extra = ['--gin.CHECKPOINT_PERIOD=4', '--gin.DROPOUT_RATE=0.1']
+  straight = _run_cli(_args(tiny_gin, base_checkpoint, straight_dir, steps=12, extra=extra))
+  # Run a second copy and kill it (SIGKILL: no clean-up) once a checkpoint exists.
+  victim = _run_cli(_args(tiny_gin, base_checkpoint, killed_dir, steps=12, extra=extra))
+  deadline = time.time() + 400
+  while not list(killed_dir.glob('checkpoint_*/prompt.npy')) and victim.poll() is None:
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.2)
+  victim.send_signal(signal.SIGKILL)
+  victim.communicate()
+  steps_at_kill = sorted(int(p.name.split('_')[1]) for p in killed_dir.glob('checkpoint_*')
+                         if p.is_dir() and '.orbax' not in p.name)
+  assert steps_at_kill and steps_at_kill[-1] < BASE_STEP + 12, steps_at_kill
+
+  resumed = _run_cli(_args(tiny_gin, base_checkpoint, killed_dir, steps=12, extra=extra))
+  out_resumed, _ = resumed.communicate(timeout=600)
+  out_straight, _ = straight.communicate(timeout=600)
+  assert resumed.returncode == 0 and straight.returncode == 0, out_resumed[-2000:]
+  assert f'Resumed from {killed_dir}/checkpoint_{steps_at_kill[-1]}' in out_resumed
+  np.testing.assert_array_equal(np.load(killed_dir / 'checkpoint_15' / 'prompt.npy'),
+                                np.load(straight_dir / 'checkpoint_15' / 'prompt.npy'))
+
+
+# -- bad input ------------------------------------------------------------------
+
+
+def test_missing_required_macro_is_named(tmp_path, tiny_gin, base_checkpoint):
+  args = [a for a in _args(tiny_gin, base_checkpoint, tmp_path, steps=1)
+          if not a.startswith('--gin.MODEL_DIR')]
+  with pytest.raises(Exception, match='MODEL_DIR'):
+    _train_in_process(args)
+
+
+def test_missing_class_labels_is_named(tmp_path, tiny_gin, base_checkpoint):
+  with pytest.raises(Exception, match='CLASS_LABELS'):
+    _train_in_process(_args(tiny_gin, base_checkpoint, tmp_path, steps=1,
+                            prompt='class_labels'))
+
+
+def test_unknown_task(tmp_path, tiny_gin, base_checkpoint):
+  args = _args(tiny_gin, base_checkpoint, tmp_path, steps=1,
+               extra=["--gin.MIXTURE_OR_TASK_NAME='no_such_task'"])
+  with pytest.raises(ValueError, match="Unknown MIXTURE_OR_TASK_NAME 'no_such_task'"):
+    _train_in_process(args)
+
+
+def test_vocabulary_that_does_not_fit_the_model(tmp_path, tiny_gin, base_checkpoint):
+  args = _args(tiny_gin, base_checkpoint, tmp_path, steps=1,
+               extra=['--gin_bindings=prompt_tuning.model.config.T5Config.vocab_size = 1000'])
+  with pytest.raises(ValueError, match=r'vocabulary .*32100 ids.* 1000 rows'):
+    _train_in_process(args)
+
+
+def test_checkpoint_that_does_not_fit_the_model(tmp_path, tiny_gin, base_checkpoint):
+  args = _args(tiny_gin, base_checkpoint, tmp_path, steps=1,
+               extra=['--gin_bindings=prompt_tuning.model.config.T5Config.mlp_dim = 16'])
+  with pytest.raises(ValueError, match=r'mlp/wi_0/kernel'):
+    _train_in_process(args)
+
+
+def test_prompt_file_of_the_wrong_shape(tmp_path, tiny_gin, base_checkpoint):
+  bad = tmp_path / 'bad.npy'
+  np.save(bad, np.zeros((7, 4), np.float32))
+  args = _args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=1, prompt='from_file',
+               extra=[f"--gin.PROMPT_FILE='{bad}'"])
+  with pytest.raises(ValueError, match=r'\(7, 4\).*\(5, 4\)|\(5, 4\).*\(7, 4\)'):
+    _train_in_process(args)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, tiny_gin, base_checkpoint):
+  bad = tmp_path / 'nan.npy'
+  np.save(bad, np.full((5, 4), np.nan, np.float32))
+  args = _args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=2, prompt='from_file',
+               extra=[f"--gin.PROMPT_FILE='{bad}'"])
+  with pytest.raises(FloatingPointError, match='loss is nan at step 4'):
+    _train_in_process(args)
+  assert not list((tmp_path / 'run').glob('checkpoint_*'))
+
+
+def test_resume_on_another_base_model_is_refused(tmp_path, tiny_gin, base_checkpoint):
+  from prompt_tuning.model import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  config, params = load_pretrained(base_checkpoint)
+  other = jax.tree_util.tree_map(lambda x: x * 1.5, params)
+  hf_checkpoint.write_hf_t5(config, other, str(tmp_path / 'other'))
+  _train_in_process(_args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=1))
+  gin.clear_config()
+  args = _args(tiny_gin, str(tmp_path / 'other'), tmp_path / 'run', steps=2)
+  with pytest.raises(ValueError, match='fingerprint'):
+    _train_in_process(args)
