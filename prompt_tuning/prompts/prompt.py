@@ -49,6 +49,10 @@ class Prompt(nn.Module):
   def __call__(self, embedding: Array) -> Array:
     """The token-embedding table [vocab, d] -> the prompt [length, d] (float32).
 
+    At serving time the variable may also hold one prompt per example,
+    [batch, length, d] (a prompt bank indexed per example, see
+    `prompt_tuning.infer.prompt_bank`); it is returned as it is.
+
     The table is what the initializer reads (sampled vocabulary, class
     labels): passing the backbone's table at call time means the prompt is
     built from the weights actually loaded, not from a random table.
@@ -69,9 +73,9 @@ class Prompt(nn.Module):
 
     prompt = self.variable(COLLECTION, 'prompt',
                            nn.with_logical_partitioning(init_fn, PROMPT_AXES)).value
-    if tuple(prompt.shape) != shape:
+    if tuple(prompt.shape[-2:]) != shape or prompt.ndim not in (2, 3):
       raise ValueError(f'The prompt variable has shape {tuple(prompt.shape)} but this '
-                       f'model expects {shape} [length, embed].')
+                       f'model expects {shape} [length, embed] (or [batch, *{shape}]).')
     return prompt
 
 
@@ -97,8 +101,8 @@ class PromptTransformer(Transformer):
   def embed_encoder_inputs(self, encoder_input_tokens: Array) -> Tuple[Array, Array]:
     """[b, L] tokens -> (embedded [b, L + P, d], mask [b, L + P])."""
     embedded, mask = super().embed_encoder_inputs(encoder_input_tokens)
-    prompt = self.prompt(self.token_embedder.embedding)  # [P, d]
-    return self.combine(prompt[None], embedded, mask)
+    prompt = self.prompt(self.token_embedder.embedding)  # [P, d] or [b, P, d]
+    return self.combine(prompt if prompt.ndim == 3 else prompt[None], embedded, mask)
 
   def encoder_mask(self, encoder_input_tokens: Array) -> Array:
     """[b, L] tokens -> [b, L + P] booleans, prompt positions valid.
