@@ -121,3 +121,31 @@ def _atomic_write(path: str, data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str) -> str:
+  """`checkpoint_<step>` itself, or the latest one inside a MODEL_DIR."""
+  path = path.rstrip('/')
+  if os.path.basename(path).startswith('checkpoint_'):
+    return path
+  steps = DeltaCheckpointer(path, keep=None).all_steps() if os.path.isdir(path) else []
+  if not steps:
+    raise FileNotFoundError(f'{path} is neither a checkpoint_<step> directory nor a '
+                            'model directory holding one.')
+  return os.path.join(path, f'checkpoint_{max(steps)}')
+
+
+def read_trainable(path: str) -> Dict[str, Any]:
+  """The trainable collections stored in a checkpoint (or a MODEL_DIR's latest)."""
+  state = ocp.StandardCheckpointer().restore(os.path.join(resolve_checkpoint(path), 'state'))
+  return jax.tree_util.tree_map(np.asarray, state['trainable'])
+
+
+def read_prompt(path: str) -> np.ndarray:
+  """The prompt [length, embed] of a delta checkpoint, a MODEL_DIR, or a .npy file."""
+  if path.endswith('.npy'):
+    return np.load(path)
+  trainable = read_trainable(path)
+  if 'prompt' not in trainable:
+    raise ValueError(f'{path} holds no prompt (trainable collections: {sorted(trainable)}).')
+  return single_prompt(trainable['prompt'])
