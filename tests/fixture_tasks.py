@@ -32,11 +32,16 @@ def _dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
                                              'targets': list(targets)})
 
 
+def _accuracy(targets, predictions):
+  return {'accuracy': 100.0 * sum(t == p for t, p in zip(targets, predictions)) / len(targets)}
+
+
 if 'fixture_sentiment' not in seqio.TaskRegistry.names():
   seqio.TaskRegistry.add(
       'fixture_sentiment',
       source=seqio.FunctionDataSource(_dataset_fn, splits=['train', 'validation']),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      metric_fns=[_accuracy],
       output_features={
           'inputs': seqio.Feature(VOCABULARY, add_eos=True),
           'targets': seqio.Feature(VOCABULARY, add_eos=True),

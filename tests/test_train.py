@@ -1,4 +1,5 @@
 """Training end to end: the CLI, frozen weights, resumption after a kill, bad input."""
+import json
 import os
 import pathlib
 import signal
@@ -63,6 +64,7 @@ def _args(tiny_gin, base_checkpoint, model_dir, steps, run='prompt_tune', prompt
       '--gin.BATCH_SIZE=8',
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
       '--gin.LOG_PERIOD=1',
+      '--gin.EVAL_PERIOD=None',
   ] + (['--gin.PROMPT_LENGTH=5'] if prompt else []) + list(extra)
 
 
@@ -183,6 +185,42 @@ def test_killed_run_resumes_to_the_same_prompt(tmp_path, tiny_gin, base_checkpoi
   assert f'Resumed from {killed_dir}/checkpoint_{steps_at_kill[-1]}' in out_resumed
   np.testing.assert_array_equal(np.load(killed_dir / 'checkpoint_15' / 'prompt.npy'),
                                 np.load(straight_dir / 'checkpoint_15' / 'prompt.npy'))
+
+
+def test_evaluation_during_training_keeps_the_best_checkpoint(tmp_path, random_tiny_hf):
+  model_dir = tmp_path / 'run'
+  _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf, model_dir, steps=20,
+                          base_step=0, extra=['--gin.EVAL_PERIOD=10', '--gin.EVAL_STEPS=2',
+                                              '--gin.CHECKPOINT_PERIOD=10']))
+  lines = (model_dir / 'inference_eval' / 'fixture_sentiment-metrics.jsonl').read_text()
+  records = [json.loads(line) for line in lines.splitlines()]
+  assert [r['step'] for r in records] == [10, 20]
+  assert all(0.0 <= r['accuracy'] <= 100.0 for r in records)
+  best = json.loads((model_dir / 'best' / 'best.json').read_text())
+  scores = {r['step']: r['accuracy'] for r in records}
+  assert best['step'] == max(scores, key=lambda s: (scores[s], -s))
+  assert (model_dir / 'best' / f'checkpoint_{best["step"]}' / 'prompt.npy').exists()
+  assert list((model_dir / 'training_eval' / 'fixture_sentiment').glob('events.out.*'))
+
+
+def test_rank_classification_evaluation_predicts_only_labels(tmp_path, random_tiny_hf):
+  from prompt_tuning.train import evaluation  # pylint: disable=g-import-not-at-top
+  state = _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf,
+                                  tmp_path / 'run', steps=1, base_step=0))
+  evaluator = evaluation.InferenceEvaluator(
+      'fixture_sentiment', {'inputs': 16, 'targets': 4}, batch_size=8,
+      rank_classification_labels=['positive', 'negative'])
+  model = gin_utils.macro('MODEL')
+  predict_fn = evaluator._make_predict_fn(model, state.variables)  # pylint: disable=protected-access
+  task = __import__('seqio').get_mixture_or_task('fixture_sentiment')
+  dataset = evaluation.FEATURE_CONVERTER(
+      task.get_dataset({'inputs': 16, 'targets': 4}, split='validation', shuffle=False),
+      {'inputs': 16, 'targets': 4}).enumerate()
+  vocabulary = task.output_features['targets'].vocabulary
+  predictions = {vocabulary.decode(tokens) for _, tokens in predict_fn(dataset)}
+  assert predictions <= {'positive', 'negative'} and predictions
+  metrics = evaluator.evaluate(model, state.variables)
+  assert set(metrics) == {'fixture_sentiment'} and 'accuracy' in metrics['fixture_sentiment']
 
 
 # -- bad input ------------------------------------------------------------------

@@ -7,6 +7,7 @@
    logging and saving periodically; save once more at the end.
 """
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -24,6 +25,7 @@ from prompt_tuning import gin_utils
 from prompt_tuning.model import load_pretrained
 from prompt_tuning.model.param_shapes import check_params
 from prompt_tuning.train import data
+from prompt_tuning.train import evaluation
 from prompt_tuning.train.checkpoints import DeltaCheckpointer, FingerprintMismatchError, fingerprint
 from prompt_tuning.train.optimizers import Adafactor
 from prompt_tuning.train.step import TrainState, make_train_step, split_variables
@@ -98,8 +100,18 @@ def train(*,
           log_period: int = 100,
           z_loss: float = 1e-4,
           label_smoothing: float = 0.0,
-          loss_normalizing_factor: Optional[float] = None) -> TrainState:
-  """Trains the `trainable_collections` of `model`; returns the final state."""
+          loss_normalizing_factor: Optional[float] = None,
+          eval_period: Optional[int] = None,
+          eval_steps: int = 20,
+          inference_evaluator: Optional[evaluation.InferenceEvaluator] = None
+          ) -> TrainState:
+  """Trains the `trainable_collections` of `model`; returns the final state.
+
+  Every `eval_period` steps (at a save): teacher-forced validation loss over
+  `eval_steps` batches, and, given an `inference_evaluator`, the task's
+  metrics; the checkpoint with the best mean metric is also kept in
+  MODEL_DIR/best/ (the paper's early stopping).
+  """
   data.import_task_module(mixture_or_task_module)
   task = data.get_task(mixture_or_task_name)
   data.check_vocabulary(task, model.config.vocab_size)
@@ -155,12 +167,40 @@ def train(*,
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0)
 
+  teacher_forced = (evaluation.TeacherForcedEvaluator(
+      model, mixture_or_task_name, task_feature_lengths, batch_size, eval_steps)
+      if eval_period else None)
+  best = BestCheckpointTracker(model_dir) if inference_evaluator else None
+  if inference_evaluator and inference_evaluator.log_dir is None:
+    inference_evaluator = dataclasses.replace(
+        inference_evaluator, log_dir=os.path.join(model_dir, 'inference_eval'))
+
+  def evaluate(step: int) -> None:
+    scalars = teacher_forced.evaluate(state.variables)
+    logging.info('step %d training_eval: %s', step, scalars)
+    eval_writer.write_scalars(step, scalars)
+    if inference_evaluator:
+      results = inference_evaluator.evaluate(model, state.variables, step)
+      score = evaluation.mean_metric(results)
+      logging.info('step %d inference_eval: %s (mean %.4f)', step, results, score)
+      if best.improves(score):
+        # The checkpoint first, then the record that points at it.
+        best.checkpointer.save(step, {'step': state.step, 'trainable': state.trainable,
+                                      'opt_state': state.opt_state}, metadata(step))
+        best.record(step, score, results)
+
+  eval_writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, 'training_eval', mixture_or_task_name),
+      just_logging=jax.process_index() > 0)
+
+  def metadata(step: int) -> Dict[str, Any]:
+    return {**base, 'data_batches_consumed': step - base['base_step'],
+            'trainable_collections': list(trainable_collections),
+            'model_config': dataclasses.asdict(model.config)}
+
   def save(step: int) -> None:
-    metadata = {**base, 'data_batches_consumed': step - base['base_step'],
-                'trainable_collections': list(trainable_collections),
-                'model_config': dataclasses.asdict(model.config)}
     checkpointer.save(step, {'step': state.step, 'trainable': state.trainable,
-                             'opt_state': state.opt_state}, metadata)
+                             'opt_state': state.opt_state}, metadata(step))
     logging.info('Saved %s', checkpointer.step_dir(step))
 
   window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
@@ -187,9 +227,38 @@ def train(*,
       if not np.isfinite(float(metrics['loss'])):
         raise FloatingPointError(f'The loss is not finite at step {done}; not saving.')
       save(done)
+    if eval_period and (done % eval_period == 0 or done == train_steps):
+      evaluate(done)
   writer.flush()
+  eval_writer.flush()
   checkpointer.close()
   return state
+
+
+class BestCheckpointTracker:
+  """Keeps the checkpoint with the best mean metric in MODEL_DIR/best/.
+
+  MODEL_DIR/best/best.json records its step, score and per-task metrics; a
+  resumed run reads it, so the best survives interruptions.
+  """
+
+  def __init__(self, model_dir: str):
+    self.directory = os.path.join(model_dir, 'best')
+    self.checkpointer = DeltaCheckpointer(self.directory, keep=1)
+    self._record = os.path.join(self.directory, 'best.json')
+    self.best = (json.loads(tf.io.gfile.GFile(self._record).read())
+                 if tf.io.gfile.exists(self._record) else None)
+
+  def improves(self, score: float) -> bool:
+    return self.best is None or score > self.best['score']
+
+  def record(self, step: int, score: float, results: Mapping[str, Any]) -> None:
+    self.best = {'step': step, 'score': score, 'metrics': results}
+    tmp = self._record + '.tmp'
+    with tf.io.gfile.GFile(tmp, 'w') as f:
+      f.write(json.dumps(self.best, indent=2))
+    tf.io.gfile.rename(tmp, self._record, overwrite=True)
+    logging.info('New best checkpoint: step %d, mean metric %.4f', step, score)
 
 
 def _base_step(path: str) -> int:

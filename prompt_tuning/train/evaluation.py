@@ -1,0 +1,160 @@
+"""Evaluation: teacher-forced loss and inference metrics, as T5X's train loop does.
+
+* `TeacherForcedEvaluator`: loss per target token and token accuracy on the
+  validation split (EVAL_STEPS batches), T5X's "training_eval".
+* `InferenceEvaluator`: `seqio.Evaluator` over the task's validation split:
+  decode (or rank-classify), postprocess, the task's metrics; results go to
+  `<log_dir>/<task>-metrics.jsonl`, TensorBoard and the log, T5X's
+  "inference_eval".
+
+Both take the model and its variables at call time, so the same objects serve
+every evaluation of a run, the eval CLI and the infer CLI.
+"""
+import dataclasses
+import functools
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.infer import predict
+from prompt_tuning.train.step import batch_loss
+
+Variables = Dict[str, Any]
+FEATURE_CONVERTER = seqio.EncDecFeatureConverter(pack=False)
+
+
+def padded_batches(dataset: tf.data.Dataset, batch_size: int
+                   ) -> Iterator[Tuple[np.ndarray, Dict[str, np.ndarray], int]]:
+  """(indices, features, real rows) of an enumerated dataset, last batch padded.
+
+  Padding rows repeat row 0 so every batch has one shape (one compilation).
+  """
+  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+    real = len(indices)
+    if real < batch_size:
+      pad = lambda x: np.concatenate([x, np.repeat(x[:1], batch_size - real, 0)], 0)
+      features = {k: pad(v) for k, v in features.items()}
+    yield indices, features, real
+
+
+class TeacherForcedEvaluator:
+  """Validation loss and token accuracy, summed over `steps` batches."""
+
+  def __init__(self, model: nn.Module, task_name: str, feature_lengths: Mapping[str, int],
+               batch_size: int, steps: int, split: str = 'validation'):
+    self.task_name, self.steps = task_name, steps
+    self._dataset = seqio.get_dataset(
+        task_name, dict(feature_lengths), FEATURE_CONVERTER, dataset_split=split,
+        shuffle=False, num_epochs=1, batch_size=batch_size)
+    self._loss = jax.jit(lambda v, b: batch_loss(model, v, b)[1])
+
+  def evaluate(self, variables: Variables) -> Dict[str, float]:
+    totals: Dict[str, float] = {}
+    for i, batch in enumerate(self._dataset.as_numpy_iterator()):
+      if i >= self.steps:
+        break
+      for k, v in self._loss(variables, batch).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    weight = max(totals.get('weight_sum', 0.0), 1.0)
+    return {'loss': totals.get('loss', 0.0) / weight,
+            'accuracy': totals.get('correct', 0.0) / weight}
+
+
+@dataclasses.dataclass
+class InferenceEvaluator:
+  """Runs seqio's Evaluator with our decoding (or rank classification).
+
+  Attributes:
+    rank_classification_labels: when set, every label string is scored and
+      the best one is the prediction, instead of free decoding.
+  """
+  task_name: str
+  feature_lengths: Mapping[str, int]
+  batch_size: int
+  log_dir: Optional[str] = None
+  split: str = 'validation'
+  decoding: predict.DecodingConfig = predict.DecodingConfig()
+  rank_classification_labels: Optional[Sequence[str]] = None
+  num_examples: Optional[int] = None
+  use_cached: bool = False
+
+  @functools.cached_property
+  def _evaluator(self) -> seqio.Evaluator:
+    # Built on first use: gin constructs this object before the run imports
+    # MIXTURE_OR_TASK_MODULE, which registers the task.
+    loggers = ()
+    if self.log_dir:
+      tf.io.gfile.makedirs(self.log_dir)  # seqio's JSON logger does not create it
+      loggers = (seqio.PyLoggingLogger, seqio.JSONLogger, seqio.TensorBoardLogger)
+    return seqio.Evaluator(
+        self.task_name, FEATURE_CONVERTER, eval_split=self.split,
+        use_cached=self.use_cached, sequence_length=dict(self.feature_lengths),
+        num_examples=self.num_examples, logger_cls=loggers, log_dir=self.log_dir)
+
+  def evaluate(self, model: nn.Module, variables: Variables, step: Optional[int] = None
+               ) -> Dict[str, Dict[str, float]]:
+    """{task: {metric: value}} for every task of the mixture."""
+    predict_fn = self._make_predict_fn(model, variables)
+    metrics, _ = self._evaluator.evaluate(compute_metrics=True, step=step,
+                                          predict_fn=predict_fn,
+                                          score_fn=self._make_score_fn(model, variables))
+    results = metrics.result() if hasattr(metrics, 'result') else metrics
+    # Keep the scalars (metrics may also return text or histograms).
+    return {task: {k: float(getattr(v, 'value', v)) for k, v in values.items()
+                   if isinstance(getattr(v, 'value', v), (int, float, np.number))}
+            for task, values in results.items()}
+
+  def _label_tokens(self) -> List[List[int]]:
+    vocabulary = seqio.get_mixture_or_task(self.task_name).output_features['targets'].vocabulary
+    return [list(vocabulary.encode(label)) + [vocabulary.eos_id]
+            for label in self.rank_classification_labels]
+
+  def _make_predict_fn(self, model, variables):
+    max_length = self.feature_lengths['targets']
+    if self.rank_classification_labels:
+      labels = self._label_tokens()
+      run = jax.jit(lambda v, x: predict.rank_classify(model, v, x, labels))
+      to_tokens = lambda picked: [labels[i] for i in picked]
+    else:
+      run = jax.jit(lambda v, x: predict.decode(model, v, x, max_length, self.decoding))
+      to_tokens = lambda tokens: [list(row) for row in tokens]
+
+    def predict_fn(dataset, model_feature_shapes=None):
+      del model_feature_shapes
+      out = []
+      for indices, features, real in padded_batches(dataset, self.batch_size):
+        result = np.asarray(run(variables, features['encoder_input_tokens']))[:real]
+        out.extend(zip(indices.tolist(), to_tokens(result.tolist())))
+      return out
+
+    return predict_fn
+
+  def _make_score_fn(self, model, variables):
+    run = jax.jit(lambda v, x, y: predict.score(model, v, x, y))
+
+    def score_fn(dataset, model_feature_shapes=None):
+      del model_feature_shapes
+      out = []
+      for indices, features, real in padded_batches(dataset, self.batch_size):
+        scores = np.asarray(run(variables, features['encoder_input_tokens'],
+                                features['decoder_target_tokens']))[:real]
+        out.extend(zip(indices.tolist(), scores.tolist()))
+      return out
+
+    return score_fn
+
+
+def mean_metric(results: Mapping[str, Mapping[str, float]]) -> float:
+  """One number for early stopping: the mean over tasks of each task's mean metric.
+
+  T5's SuperGLUE score is computed this way; a task with one metric counts it.
+  """
+  per_task = [float(np.mean(list(m.values()))) for m in results.values() if m]
+  if not per_task:
+    raise ValueError('No metrics to select a checkpoint by.')
+  return float(np.mean(per_task))
