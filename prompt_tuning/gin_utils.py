@@ -12,6 +12,13 @@ import gin
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class ConfigurationError(ValueError):
+  """The gin configuration is incomplete or inconsistent (e.g. a macro is unset).
+
+  The command-line tools print these as one line, without a traceback.
+  """
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files (later ones override earlier), then the bindings."""
@@ -30,7 +37,7 @@ def check_required_macros() -> None:
                  if selector == 'gin.macro' and repr(bindings.get('value')) == '%gin.REQUIRED')
   if unset:
     flags = ' '.join(f'--gin.{name}=...' for name in unset)
-    raise ValueError(f'Required gin macros are not set: {", ".join(unset)}. '
+    raise ConfigurationError(f'Required gin macros are not set: {", ".join(unset)}. '
                      f'Set them with {flags} or in a gin file.')
 
 
@@ -43,12 +50,12 @@ def macro(name: str) -> Any:
   """The evaluated value of gin macro `name` (configurable references called).
 
   Raises:
-    ValueError: naming the macro when it is not defined.
+    ConfigurationError: naming the macro when it is not defined.
   """
   try:
     gin.query_parameter(f'{name}/macro.value')
   except ValueError as e:
-    raise ValueError(f"The gin macro {name} is not set; bind it with "
+    raise ConfigurationError(f"The gin macro {name} is not set; bind it with "
                      f"--gin.{name}=... or in a gin file.") from e
   # Evaluating a macro means binding it to something and calling that.
   with gin.unlock_config():

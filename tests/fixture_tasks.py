@@ -46,3 +46,26 @@ if 'fixture_sentiment' not in seqio.TaskRegistry.names():
           'inputs': seqio.Feature(VOCABULARY, add_eos=True),
           'targets': seqio.Feature(VOCABULARY, add_eos=True),
       })
+
+
+def _shout(output, example=None, is_target=False):
+  del example, is_target
+  return output.upper()
+
+
+# The same data with a postprocessor, and a mixture of the two (inference
+# writes one file per task, and the postprocessed prediction beside the raw one).
+if 'fixture_sentiment_shouted' not in seqio.TaskRegistry.names():
+  seqio.TaskRegistry.add(
+      'fixture_sentiment_shouted',
+      source=seqio.FunctionDataSource(_dataset_fn, splits=['train', 'validation']),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      postprocess_fn=_shout,
+      metric_fns=[_accuracy],
+      output_features={
+          'inputs': seqio.Feature(VOCABULARY, add_eos=True),
+          'targets': seqio.Feature(VOCABULARY, add_eos=True),
+      })
+if 'fixture_sentiment_mixture' not in seqio.MixtureRegistry.names():
+  seqio.MixtureRegistry.add('fixture_sentiment_mixture',
+                            ['fixture_sentiment', 'fixture_sentiment_shouted'], default_rate=1.0)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.infer import decoding
+from prompt_tuning.infer import prompt_bank
 from prompt_tuning.model.losses import sequence_scores
 from prompt_tuning.model.t5 import Transformer
 
@@ -96,7 +97,8 @@ def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: 
   """Index of the most likely label string per example [b].
 
   Every example is scored against every label (ids including EOS) in one
-  batch of b * num_labels rows; ties go to the earlier label.
+  batch of b * num_labels rows; ties go to the earlier label. Per-example
+  prompts ([b, P, d], see `prompt_bank`) follow their example.
   """
   labels = len(label_tokens)
   length = max(len(t) for t in label_tokens)
@@ -105,5 +107,6 @@ def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: 
     targets[i, :len(ids)] = ids
   batch = encoder_input_tokens.shape[0]
   inputs = jnp.repeat(encoder_input_tokens, labels, axis=0)
+  variables = prompt_bank.repeat_examples(variables, labels)
   scores = score(model, variables, inputs, jnp.tile(jnp.asarray(targets), (batch, 1)))
   return jnp.argmax(scores.reshape(batch, labels), axis=-1)

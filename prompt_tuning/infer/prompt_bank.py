@@ -7,7 +7,7 @@ every example its own prompt by indexing the bank, and put the resulting
 backbone runs once for the whole batch.
 """
 import collections
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,51 @@ def replicate_for_ensemble(encoder_input_tokens: Array, num_prompts: int
   batch = encoder_input_tokens.shape[0]
   tokens = jnp.repeat(encoder_input_tokens, num_prompts, axis=0)
   return tokens, jnp.tile(jnp.arange(num_prompts), batch)
+
+
+def for_ensemble(variables: Variables, bank: Array, encoder_input_tokens: Array
+                 ) -> Tuple[Variables, Array]:
+  """Every example once per prompt of the bank: (variables, tokens [b * N, L]).
+
+  Row i * N + j is example i with prompt j; run the model on the result once,
+  then `majority_vote` (predictions) or average (scores) groups of N rows.
+  """
+  tokens, index = replicate_for_ensemble(encoder_input_tokens, bank.shape[0])
+  return with_prompts(variables, select(bank, index)), tokens
+
+
+def run_ensemble(fn: Callable[..., Any], variables: Variables, bank: Optional[Array],
+                 encoder_input_tokens: Array, *per_example: Array) -> Any:
+  """`fn(variables, tokens, *per_example)` with every example once per prompt of `bank`.
+
+  Rows of the result follow `for_ensemble` ([b * N, ...]); other per-example
+  arrays (e.g. targets to score) are repeated to match. With `bank` None this
+  is `fn` on the inputs as they are.
+  """
+  if bank is None:
+    return fn(variables, encoder_input_tokens, *per_example)
+  copies = bank.shape[0]
+  variables, tokens = for_ensemble(variables, bank, encoder_input_tokens)
+  return fn(variables, tokens, *[jnp.repeat(x, copies, axis=0) for x in per_example])
+
+
+def repeat_examples(variables: Variables, times: int) -> Variables:
+  """Per-example prompts [b, P, d] repeated `times` each, as `jnp.repeat` repeats inputs.
+
+  A single shared prompt [P, d] needs nothing and is returned as it is.
+  """
+  prompt = variables.get('prompt')
+  if prompt is None or times == 1:
+    return variables
+  repeat = lambda x: jnp.repeat(x, times, axis=0) if jnp.ndim(x) == 3 else x
+  return {**variables, 'prompt': jax.tree_util.tree_map(repeat, prompt)}
+
+
+def vote_rows(rows: np.ndarray, num_prompts: int) -> np.ndarray:
+  """`majority_vote` over rows of tokens [b * N, ...] -> [b, ...]."""
+  rows = np.asarray(rows)
+  voted = majority_vote([tuple(np.reshape(r, -1).tolist()) for r in rows], num_prompts)
+  return np.asarray(voted, rows.dtype).reshape((len(voted),) + rows.shape[1:])
 
 
 def majority_vote(predictions: Sequence[Any], num_prompts: int) -> list:

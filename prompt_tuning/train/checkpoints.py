@@ -17,7 +17,7 @@ a good checkpoint; the .npy is written the same way (temporary file, rename).
 import hashlib
 import io
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -107,6 +107,17 @@ def export_prompt_npy(prompt_collection: Dict[str, Any], path: str) -> None:
   _atomic_write(path, buffer.getvalue())
 
 
+def load_npy(path: str) -> np.ndarray:
+  """A .npy file, local or on a remote filesystem (gs://...)."""
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      return np.load(io.BytesIO(f.read()))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'The prompt file {path} does not exist.')
+  return np.load(path)
+
+
 def _atomic_write(path: str, data: bytes) -> None:
   if '://' in path:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -123,16 +134,46 @@ def _atomic_write(path: str, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def resolve_checkpoint(path: str) -> str:
-  """`checkpoint_<step>` itself, or the latest one inside a MODEL_DIR."""
+def _isdir(path: str) -> bool:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.isdir(path)
+  return os.path.isdir(path)
+
+
+def checkpoint_step(path: str) -> int:
+  """The step of a `checkpoint_<step>` directory (from its name)."""
+  name = os.path.basename(path.rstrip('/'))
+  prefix, _, step = name.partition('_')
+  if prefix != 'checkpoint' or not step.isdigit():
+    raise ValueError(f'{path} is not a checkpoint_<step> directory.')
+  return int(step)
+
+
+def all_checkpoints(path: str) -> List[str]:
+  """`checkpoint_<step>` itself, or every checkpoint in a directory in step order."""
   path = path.rstrip('/')
   if os.path.basename(path).startswith('checkpoint_'):
-    return path
-  steps = DeltaCheckpointer(path, keep=None).all_steps() if os.path.isdir(path) else []
+    if not _isdir(path):
+      raise FileNotFoundError(f'The checkpoint {path} does not exist.')
+    return [path]
+  steps = DeltaCheckpointer(path, keep=None).all_steps() if _isdir(path) else []
   if not steps:
+    what = 'holds no checkpoint_<step>' if _isdir(path) else 'does not exist'
     raise FileNotFoundError(f'{path} is neither a checkpoint_<step> directory nor a '
-                            'model directory holding one.')
-  return os.path.join(path, f'checkpoint_{max(steps)}')
+                            f'model directory holding one: it {what}.')
+  return [os.path.join(path, f'checkpoint_{step}') for step in sorted(steps)]
+
+
+def resolve_checkpoint(path: str) -> str:
+  """`checkpoint_<step>` itself, or the latest one inside a MODEL_DIR."""
+  return all_checkpoints(path)[-1]
+
+
+def read_metadata(path: str) -> Dict[str, Any]:
+  """The JSON metadata (base checkpoint and fingerprint, ...) of a checkpoint."""
+  directory = os.path.join(resolve_checkpoint(path), 'metadata')
+  return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory))
 
 
 def read_trainable(path: str) -> Dict[str, Any]:
@@ -144,7 +185,7 @@ def read_trainable(path: str) -> Dict[str, Any]:
 def read_prompt(path: str) -> np.ndarray:
   """The prompt [length, embed] of a delta checkpoint, a MODEL_DIR, or a .npy file."""
   if path.endswith('.npy'):
-    return np.load(path)
+    return load_npy(path)
   trainable = read_trainable(path)
   if 'prompt' not in trainable:
     raise ValueError(f'{path} holds no prompt (trainable collections: {sorted(trainable)}).')

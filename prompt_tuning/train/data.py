@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning.gin_utils import ConfigurationError
+
 Batch = Mapping[str, np.ndarray]
 
 
@@ -24,7 +26,8 @@ def import_task_module(module: Optional[str]) -> None:
     try:
       importlib.import_module(module)
     except ImportError as e:
-      raise ValueError(f'MIXTURE_OR_TASK_MODULE={module!r} cannot be imported: {e}') from e
+      raise ConfigurationError(
+          f'MIXTURE_OR_TASK_MODULE={module!r} cannot be imported: {e}') from e
 
 
 def get_task(name: str) -> seqio.DatasetProviderBase:
@@ -34,7 +37,7 @@ def get_task(name: str) -> seqio.DatasetProviderBase:
   except ValueError as e:
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     shown = ', '.join(known[:20]) + (', ...' if len(known) > 20 else '')
-    raise ValueError(
+    raise ConfigurationError(
         f'Unknown MIXTURE_OR_TASK_NAME {name!r}. Registered ({len(known)}): '
         f'{shown or "none"}. Set MIXTURE_OR_TASK_MODULE to the module that '
         'registers it.') from e

@@ -5,14 +5,15 @@
 * `InferenceEvaluator`: `seqio.Evaluator` over the task's validation split:
   decode (or rank-classify), postprocess, the task's metrics; results go to
   `<log_dir>/<task>-metrics.jsonl`, TensorBoard and the log, T5X's
-  "inference_eval".
+  "inference_eval". Given a prompt bank it evaluates the ensemble of its
+  prompts in one pass per batch (majority vote).
 
 Both take the model and its variables at call time, so the same objects serve
 every evaluation of a run, the eval CLI and the infer CLI.
 """
 import dataclasses
 import functools
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning.infer import predict
+from prompt_tuning.infer import prompt_bank
 from prompt_tuning.train.step import batch_loss
 
 Variables = Dict[str, Any]
@@ -69,6 +71,9 @@ class TeacherForcedEvaluator:
 class InferenceEvaluator:
   """Runs seqio's Evaluator with our decoding (or rank classification).
 
+  `evaluate` takes the model and variables at call time, and optionally a
+  prompt bank to ensemble.
+
   Attributes:
     rank_classification_labels: when set, every label string is scored and
       the best one is the prediction, instead of free decoding.
@@ -96,13 +101,19 @@ class InferenceEvaluator:
         use_cached=self.use_cached, sequence_length=dict(self.feature_lengths),
         num_examples=self.num_examples, logger_cls=loggers, log_dir=self.log_dir)
 
-  def evaluate(self, model: nn.Module, variables: Variables, step: Optional[int] = None
-               ) -> Dict[str, Dict[str, float]]:
-    """{task: {metric: value}} for every task of the mixture."""
-    predict_fn = self._make_predict_fn(model, variables)
-    metrics, _ = self._evaluator.evaluate(compute_metrics=True, step=step,
-                                          predict_fn=predict_fn,
-                                          score_fn=self._make_score_fn(model, variables))
+  def evaluate(self, model: nn.Module, variables: Variables, step: Optional[int] = None,
+               prompts: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
+    """{task: {metric: value}} for every task of the mixture.
+
+    Args:
+      prompts: a prompt bank [N, length, embed] to ensemble: every example is
+        run once per prompt in the same pass, predictions are the majority
+        vote of the N (ties: the lowest-numbered prompt's), scores the mean.
+    """
+    metrics, _ = self._evaluator.evaluate(
+        compute_metrics=True, step=step,
+        predict_fn=self._make_predict_fn(model, variables, prompts),
+        score_fn=self._make_score_fn(model, variables, prompts))
     results = metrics.result() if hasattr(metrics, 'result') else metrics
     # Keep the scalars (metrics may also return text or histograms).
     return {task: {k: float(getattr(v, 'value', v)) for k, v in values.items()
@@ -114,39 +125,70 @@ class InferenceEvaluator:
     return [list(vocabulary.encode(label)) + [vocabulary.eos_id]
             for label in self.rank_classification_labels]
 
-  def _make_predict_fn(self, model, variables):
-    max_length = self.feature_lengths['targets']
+  def _jitted(self, model: nn.Module, kind: str) -> Callable:
+    labels = (tuple(map(tuple, self._label_tokens())) if kind == 'rank' else None)
+    args = (model, kind, self.feature_lengths['targets'], self.decoding, labels)
+    try:
+      return _compiled(*args)
+    except TypeError:  # a model with unhashable fields: compile for this call only
+      return _compiled.__wrapped__(*args)
+
+  def _make_predict_fn(self, model, variables, prompts=None):
     if self.rank_classification_labels:
       labels = self._label_tokens()
-      run = jax.jit(lambda v, x: predict.rank_classify(model, v, x, labels))
+      run = self._jitted(model, 'rank')
       to_tokens = lambda picked: [labels[i] for i in picked]
     else:
-      run = jax.jit(lambda v, x: predict.decode(model, v, x, max_length, self.decoding))
+      run = self._jitted(model, 'decode')
       to_tokens = lambda tokens: [list(row) for row in tokens]
+    copies = 1 if prompts is None else len(prompts)
 
     def predict_fn(dataset, model_feature_shapes=None):
       del model_feature_shapes
       out = []
       for indices, features, real in padded_batches(dataset, self.batch_size):
-        result = np.asarray(run(variables, features['encoder_input_tokens']))[:real]
-        out.extend(zip(indices.tolist(), to_tokens(result.tolist())))
+        result = np.asarray(run(variables, prompts, features['encoder_input_tokens']))
+        if copies > 1:
+          result = prompt_bank.vote_rows(result, copies)
+        out.extend(zip(indices.tolist(), to_tokens(result[:real].tolist())))
       return out
 
     return predict_fn
 
-  def _make_score_fn(self, model, variables):
-    run = jax.jit(lambda v, x, y: predict.score(model, v, x, y))
+  def _make_score_fn(self, model, variables, prompts=None):
+    run = self._jitted(model, 'score')
+    copies = 1 if prompts is None else len(prompts)
 
     def score_fn(dataset, model_feature_shapes=None):
       del model_feature_shapes
       out = []
       for indices, features, real in padded_batches(dataset, self.batch_size):
-        scores = np.asarray(run(variables, features['encoder_input_tokens'],
-                                features['decoder_target_tokens']))[:real]
-        out.extend(zip(indices.tolist(), scores.tolist()))
+        scores = np.asarray(run(variables, prompts, features['encoder_input_tokens'],
+                                features['decoder_target_tokens']))
+        scores = scores.reshape(-1, copies).mean(axis=1)  # the mean over prompts
+        out.extend(zip(indices.tolist(), scores[:real].tolist()))
       return out
 
     return score_fn
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(model: nn.Module, kind: str, max_length: int, decoding: predict.DecodingConfig,
+              labels: Optional[Tuple[Tuple[int, ...], ...]]) -> Callable:
+  """`fn(variables, prompts, tokens, *per_example)` jitted once per model and kind.
+
+  Cached: a run evaluates the same model many times (every EVAL_PERIOD, or
+  every checkpoint of a directory) and compiles once; linen modules hash and
+  compare by their fields. `prompts` is None or a bank [N, P, d] (an
+  ensemble, see `InferenceEvaluator.evaluate`).
+  """
+  if kind == 'rank':
+    fn = lambda v, x: predict.rank_classify(model, v, x, labels)
+  elif kind == 'decode':
+    fn = lambda v, x: predict.decode(model, v, x, max_length, decoding)
+  else:
+    fn = lambda v, x, y: predict.score(model, v, x, y)
+  return jax.jit(functools.partial(prompt_bank.run_ensemble, fn))
 
 
 def mean_metric(results: Mapping[str, Mapping[str, float]]) -> float:

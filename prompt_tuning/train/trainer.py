@@ -170,7 +170,7 @@ def train(*,
   teacher_forced = (evaluation.TeacherForcedEvaluator(
       model, mixture_or_task_name, task_feature_lengths, batch_size, eval_steps)
       if eval_period else None)
-  best = BestCheckpointTracker(model_dir) if inference_evaluator else None
+  best = BestCheckpointTracker(model_dir) if eval_period and inference_evaluator else None
   if inference_evaluator and inference_evaluator.log_dir is None:
     inference_evaluator = dataclasses.replace(
         inference_evaluator, log_dir=os.path.join(model_dir, 'inference_eval'))

@@ -1,0 +1,192 @@
+"""Predicting or scoring a whole split to JSON lines: the work of `python -m prompt_tuning.infer`.
+
+As `t5x.infer`, two modes:
+
+* `predict`: decode every example (greedy, beam search or sampling, see
+  `predict.DecodingConfig`); each line holds the input text, the prediction,
+  the postprocessed prediction when the task has a postprocessor, and the
+  target. With several prompts, every example runs once per prompt in the
+  same pass and the prediction is their majority vote.
+* `score`: the log-likelihood of each example's target (summed over target
+  tokens, T5X's `score_batch`); with several prompts, the mean over them.
+
+One line per example, in the dataset's order, in
+INFER_OUTPUT_DIR/<task>-<split>-<mode>.jsonl (one file per task of a
+mixture). A file appears only once it is complete.
+"""
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+from absl import logging
+
+from prompt_tuning.gin_utils import ConfigurationError
+from prompt_tuning.infer import loading
+from prompt_tuning.infer import predict
+from prompt_tuning.infer import prompt_bank
+from prompt_tuning.train import data
+from prompt_tuning.train.evaluation import FEATURE_CONVERTER, padded_batches
+
+MODES = ('predict', 'score')
+
+
+def _text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary) -> str:
+  """The example's text for `feature`: the pretokenized string, else the decoded ids."""
+  raw = example.get(f'{feature}_pretokenized')
+  if raw is not None:
+    return raw.decode('utf-8') if isinstance(raw, bytes) else str(raw)
+  return vocabulary.decode(np.asarray(example[feature]).tolist())
+
+
+def _jsonable(value: Any) -> Any:
+  """json.dumps' fallback for what postprocessors return (numpy values, bytes)."""
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, bytes):
+    return value.decode('utf-8', 'replace')
+  return str(value)
+
+
+def _make_run(mode: str, model: nn.Module, max_length: int,
+              decoding: predict.DecodingConfig) -> Callable:
+  """The jitted pass, `bank` None or [N, P, d] (an ensemble: rows [b * N]).
+
+  predict: (variables, bank, tokens [b, L], rng) -> tokens [b(*N), max_length];
+  score: (variables, bank, tokens [b, L], targets [b, T]) -> scores [b(*N)].
+  """
+  if mode == 'predict':
+    def run(variables, bank, tokens, rng):
+      fn = lambda v, x: predict.decode(model, v, x, max_length, decoding, rng)
+      return prompt_bank.run_ensemble(fn, variables, bank, tokens)
+  else:
+    def run(variables, bank, tokens, targets):
+      fn = lambda v, x, y: predict.score(model, v, x, y)
+      return prompt_bank.run_ensemble(fn, variables, bank, tokens, targets)
+  return jax.jit(run)
+
+
+def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
+             feature_lengths: Mapping[str, int], batch_size: int, split: str,
+             decoding: predict.DecodingConfig, use_cached: bool, seed: int,
+             num_examples: Optional[int]) -> Iterator[Dict[str, Any]]:
+  """One task's output lines, in the dataset's order."""
+  lengths = dict(feature_lengths)
+  dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1,
+                             use_cached=use_cached)
+  if num_examples is not None:
+    dataset = dataset.take(num_examples)
+  # The feature converter maps example by example, so its rows stay aligned
+  # with the examples (which keep the text).
+  model_dataset = FEATURE_CONVERTER(dataset, lengths).enumerate()
+  examples = dataset.as_numpy_iterator()
+  inputs_vocab = task.output_features['inputs'].vocabulary
+  targets_vocab = task.output_features['targets'].vocabulary
+  run = _make_run(mode, loaded.model, lengths['targets'], decoding)
+  bank = loaded.prompt_bank
+  copies = 1 if bank is None else len(bank)
+  base_rng = jax.random.PRNGKey(seed)
+
+  count, start = 0, time.perf_counter()
+  for number, (_, features, real) in enumerate(padded_batches(model_dataset, batch_size)):
+    tokens = features['encoder_input_tokens']
+    if mode == 'predict':
+      out = np.asarray(run(loaded.variables, bank, tokens, jax.random.fold_in(base_rng, number)))
+      out = prompt_bank.vote_rows(out, copies) if copies > 1 else out
+    else:
+      out = np.asarray(run(loaded.variables, bank, tokens, features['decoder_target_tokens']))
+      out = out.reshape(-1, copies).mean(axis=1)  # the mean over prompts
+    for row in range(real):
+      example = next(examples)
+      record = {'inputs': _text(example, 'inputs', inputs_vocab)}
+      if mode == 'predict':
+        record['prediction'] = targets_vocab.decode(out[row].tolist())
+        if task.postprocessor is not None:
+          record['postprocessed_prediction'] = task.postprocess_fn(
+              record['prediction'], example=example, is_target=False)
+        record['targets'] = _text(example, 'targets', targets_vocab)
+      else:
+        record['targets'] = _text(example, 'targets', targets_vocab)
+        record['score'] = float(out[row])
+      yield record
+    count += real
+    if number % 10 == 9:
+      logging.info('%s: %d examples, %.1f examples/s', task.name, count,
+                   count / (time.perf_counter() - start))
+
+
+def _write_jsonl(path: str, records: Iterable[Dict[str, Any]]) -> int:
+  """Writes the records to `path` (through a temporary file); returns how many."""
+  count, tmp = 0, f'{path}.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    for record in records:
+      f.write(json.dumps(record, default=_jsonable) + '\n')
+      count += 1
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return count
+
+
+@gin.configurable
+def infer(*, mode: str = 'predict',
+          output_dir: str = gin.REQUIRED,
+          model: nn.Module = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          checkpoint_path: Optional[str] = None,
+          prompt_files: Optional[Sequence[str]] = None,
+          initial_checkpoint_path: Optional[str] = None,
+          mixture_or_task_module: Optional[str] = None,
+          split: str = 'validation',
+          decoding: predict.DecodingConfig = predict.DecodingConfig(),
+          use_cached: bool = False,
+          seed: int = 0,
+          num_examples: Optional[int] = None) -> Dict[str, str]:
+  """Predicts or scores `split` of every task of the mixture; returns {task: jsonl path}.
+
+  Args:
+    mode: 'predict' or 'score'.
+    output_dir: INFER_OUTPUT_DIR.
+    checkpoint_path: a `checkpoint_<step>`, a MODEL_DIR (its latest),
+      MODEL_DIR/best, or a `.npy` prompt.
+    prompt_files: instead: prompts (`.npy` or checkpoints); several are an
+      ensemble.
+    initial_checkpoint_path: the frozen model (required for `.npy` prompts;
+      otherwise overrides the base the checkpoint records).
+    seed: sampling randomness (batch i uses fold_in(PRNGKey(seed), i)).
+    num_examples: only the first examples of each task (all by default).
+  """
+  if mode not in MODES:
+    raise ConfigurationError(f"INFER_MODE must be 'predict' or 'score', not {mode!r}.")
+  data.import_task_module(mixture_or_task_module)
+  provider = data.get_task(mixture_or_task_name)
+  data.check_vocabulary(provider, model.config.vocab_size)
+  loaded = loading.VariableLoader(model, initial_checkpoint_path).load(
+      checkpoint_path, prompt_files)
+  ensemble = '' if loaded.prompt_bank is None else f' (ensemble of {len(loaded.prompt_bank)})'
+  logging.info('Inference (%s) with %s%s', mode, loaded.source, ensemble)
+
+  written = {}
+  if jax.process_index() == 0:
+    tf.io.gfile.makedirs(output_dir)
+  for task in seqio.get_subtasks(provider):
+    path = os.path.join(output_dir, f'{task.name}-{split}-{mode}.jsonl')
+    records = _records(task, mode, loaded, feature_lengths=task_feature_lengths,
+                       batch_size=batch_size, split=split, decoding=decoding,
+                       use_cached=use_cached, seed=seed, num_examples=num_examples)
+    # Every host runs the same batches (the model is replicated); one writes.
+    if jax.process_index() == 0:
+      logging.info('Wrote %d lines to %s', _write_jsonl(path, records), path)
+    else:
+      for _ in records:
+        pass
+    written[task.name] = path
+  return written

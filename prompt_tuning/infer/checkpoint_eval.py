@@ -1,0 +1,75 @@
+"""Evaluating saved checkpoints or prompts on a task: the work of `python -m prompt_tuning.eval`.
+
+As `t5x.eval`: CHECKPOINT_PATH names one checkpoint, or a directory whose
+every `checkpoint_<step>` is evaluated in step order. Each evaluation appends
+one line `{"step": ..., metric: ...}` to EVAL_OUTPUT_DIR/<task>-metrics.jsonl
+(the file the train loop writes under MODEL_DIR/inference_eval), writes the
+predictions to EVAL_OUTPUT_DIR/<task>-<step>.jsonl and TensorBoard scalars.
+PROMPT_FILES instead evaluates one prompt or, given several, their ensemble.
+"""
+from typing import Dict, Iterator, Optional, Sequence
+
+import flax.linen as nn
+import gin
+from absl import logging
+
+from prompt_tuning.gin_utils import ConfigurationError
+from prompt_tuning.infer import loading
+from prompt_tuning.train import checkpoints
+from prompt_tuning.train import data
+from prompt_tuning.train.evaluation import InferenceEvaluator
+
+Results = Dict[str, Dict[str, float]]
+
+
+def _sources(loader: loading.VariableLoader, checkpoint_path: Optional[str],
+             prompt_files: Optional[Sequence[str]]) -> Iterator[loading.Loaded]:
+  """Each thing to evaluate, loaded one at a time (a directory may hold many)."""
+  if checkpoint_path is not None and not prompt_files and not checkpoint_path.endswith('.npy'):
+    for path in checkpoints.all_checkpoints(checkpoint_path):
+      yield loader.checkpoint(path)
+  else:
+    yield loader.load(checkpoint_path, prompt_files)
+
+
+@gin.configurable
+def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
+                         evaluator: InferenceEvaluator = gin.REQUIRED,
+                         checkpoint_path: Optional[str] = None,
+                         prompt_files: Optional[Sequence[str]] = None,
+                         initial_checkpoint_path: Optional[str] = None,
+                         mixture_or_task_module: Optional[str] = None
+                         ) -> Dict[Optional[int], Results]:
+  """Evaluates every checkpoint (or the prompt ensemble); returns {step: {task: metrics}}.
+
+  Args:
+    model: the configured model (MODEL); its prompt length follows the
+      loaded prompt.
+    evaluator: the task, split, batch size, decoding or rank classification,
+      and the output directory (its `log_dir`, EVAL_OUTPUT_DIR).
+    checkpoint_path: a `checkpoint_<step>`, a directory of them (all are
+      evaluated), MODEL_DIR/best, or a `.npy` prompt.
+    prompt_files: instead of `checkpoint_path`: prompts (`.npy` files or
+      checkpoints); two or more are evaluated as one ensemble.
+    initial_checkpoint_path: the frozen model, overriding the one recorded in
+      the checkpoints (its fingerprint must still match); needed for `.npy`.
+    mixture_or_task_module: the module that registers the task.
+
+  Prompt files carry no step; their line in the metrics file has step -1.
+  """
+  if not evaluator.log_dir:
+    raise ConfigurationError('Set EVAL_OUTPUT_DIR, where the metrics are written.')
+  data.import_task_module(mixture_or_task_module)
+  data.check_vocabulary(data.get_task(evaluator.task_name), model.config.vocab_size)
+  loader = loading.VariableLoader(model, initial_checkpoint_path)
+  results: Dict[Optional[int], Results] = {}
+  for loaded in _sources(loader, checkpoint_path, prompt_files):
+    ensemble = '' if loaded.prompt_bank is None else f' (ensemble of {len(loaded.prompt_bank)})'
+    logging.info('Evaluating %s%s on %s/%s', loaded.source, ensemble, evaluator.task_name,
+                 evaluator.split)
+    results[loaded.step] = evaluator.evaluate(loaded.model, loaded.variables, loaded.step,
+                                              loaded.prompt_bank)
+    logging.info('step %s: %s', loaded.step, results[loaded.step])
+  logging.info('Metrics written to %s', evaluator.log_dir)
+  return results
+
