@@ -1,0 +1,139 @@
+"""Serving many prompts on one frozen model: one pass with a prompt bank vs a pass per prompt.
+
+    python bench/serving.py                    # T5.1.1 small, prompt 100, 256 inputs, 8 targets
+    python bench/serving.py --size base --repeats 3
+
+Two workloads, each timed both ways in the same run, as JSON:
+
+* mixed tasks: `--tasks` tasks x `--per-task` examples in one batch, each
+  example indexing its task's prompt in a bank [tasks, P, d] (one pass),
+  against the same examples served task by task (one pass per prompt);
+* ensemble: `--ensemble` prompts over `--ensemble-examples` examples, every
+  example replicated once per prompt in one pass, against one pass per
+  prompt over all the examples.
+
+Each is measured for greedy decoding of `--targets` tokens (EOS disabled so
+every pass decodes the same number of steps) and for teacher-forced scoring
+of `--targets` target tokens. Weights and prompts are random: speed does not
+depend on their values. Times are the best of `--repeats` after a warm-up
+(the warm-up includes compilation).
+"""
+import argparse
+import json
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_time, device_description  # pylint: disable=g-import-not-at-top
+
+from prompt_tuning.infer import predict, prompt_bank
+from prompt_tuning.model import SIZES, Transformer
+from prompt_tuning.prompts import PromptTransformer
+
+
+def _timed(one_pass, separate, examples: int, repeats: int, compiled: bool = False):
+  """{'one_pass': ..., 'separate_passes': ..., 'speedup'} for one workload.
+
+  The two are timed alternately (best of `repeats` each), so a change in the
+  machine's load touches both alike; one untimed call of each compiles first
+  unless `compiled`.
+  """
+  run_separate = lambda: [f() for f in separate]
+  one, many = float('inf'), float('inf')
+  for i in range(repeats):
+    warmup = 0 if compiled or i else 1
+    one = min(one, best_time(one_pass, repeats=1, warmup=warmup))
+    many = min(many, best_time(run_separate, repeats=1, warmup=warmup))
+  return {
+      'one_pass': {'seconds': round(one, 4), 'examples_per_second': round(examples / one, 2)},
+      'separate_passes': {'passes': len(separate), 'seconds': round(many, 4),
+                          'examples_per_second': round(examples / many, 2)},
+      'speedup_of_one_pass': round(many / one, 3),
+  }
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--size', default='small', choices=sorted(SIZES))
+  parser.add_argument('--tasks', type=int, default=8)
+  parser.add_argument('--per-task', type=int, default=4)
+  parser.add_argument('--ensemble', type=int, default=4)
+  parser.add_argument('--ensemble-examples', type=int, default=8)
+  parser.add_argument('--prompt-length', type=int, default=100)
+  parser.add_argument('--inputs', type=int, default=256)
+  parser.add_argument('--targets', type=int, default=8)
+  parser.add_argument('--dtype', default='float32')
+  parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--skip-scoring', action='store_true')
+  args = parser.parse_args()
+
+  config = SIZES[args.size].replace(dropout_rate=0.0, dtype=args.dtype)
+  model = PromptTransformer(config, prompt_length=args.prompt_length)
+  rng = np.random.RandomState(0)
+  batch = args.tasks * args.per_task
+  tokens = jnp.asarray(rng.randint(2, 32000, (batch, args.inputs)), jnp.int32)
+  targets = jnp.asarray(rng.randint(2, 32000, (batch, args.targets)), jnp.int32)
+  params = nn.unbox(jax.jit(Transformer(config).init)(
+      jax.random.PRNGKey(0), tokens[:1], targets[:1], targets[:1])['params'])
+  variables = {'params': params}
+  bank = jnp.asarray(rng.normal(0, 0.5, (args.tasks, args.prompt_length, config.emb_dim)),
+                     jnp.float32)
+  # Tasks interleaved in the batch, as requests arrive.
+  task_of = np.arange(batch) % args.tasks
+  rows_of = [np.flatnonzero(task_of == t) for t in range(args.tasks)]
+
+  decoding = predict.DecodingConfig(eos_id=-1)  # no early stop: equal work per pass
+  # The prompt is [P, d] (one for the batch) or [b, P, d] (per example); one
+  # jitted function serves both and compiles once per shape.
+  decode = jax.jit(lambda v, p, x: predict.decode(
+      model, prompt_bank.with_prompts(v, p), x, args.targets, decoding))
+  score = jax.jit(lambda v, p, x, y: predict.score(model, prompt_bank.with_prompts(v, p), x, y))
+  select = jax.jit(prompt_bank.select)
+
+  # The mixed batch's outputs must be the per-task outputs.
+  mixed = np.asarray(decode(variables, select(bank, task_of), tokens))
+  alone = np.zeros_like(mixed)
+  for t, rows in enumerate(rows_of):
+    alone[rows] = np.asarray(decode(variables, bank[t], tokens[rows]))
+
+  result = {
+      'benchmark': 'serving', 'device': device_description(), 'size': args.size,
+      'dtype': args.dtype, 'prompt_length': args.prompt_length,
+      'input_length': args.inputs, 'target_length': args.targets,
+      'mixed_tasks': {'tasks': args.tasks, 'examples': batch,
+                      'decoded_rows_equal_to_task_by_task': float(np.mean(
+                          np.all(mixed == alone, axis=1)))},
+      'ensemble': {'prompts': args.ensemble, 'examples': args.ensemble_examples},
+  }
+  sub = tokens[:args.ensemble_examples]
+  ens_tokens, ens_index = prompt_bank.replicate_for_ensemble(sub, args.ensemble)
+  ens_bank = bank[:args.ensemble]
+  workloads = [('greedy_decode', decode, ())]
+  if not args.skip_scoring:
+    workloads.append(('teacher_forced_score', score, (targets,)))
+  for name, fn, extra in workloads:
+    mixed_pass = lambda: fn(variables, select(bank, task_of), tokens, *extra)
+    per_task = [lambda rows=rows, t=t: fn(variables, bank[t], tokens[rows],
+                                          *[e[rows] for e in extra])
+                for t, rows in enumerate(rows_of)]
+    # Greedy decoding of both shapes was compiled by the check above.
+    result['mixed_tasks'][name] = _timed(mixed_pass, per_task, batch, args.repeats,
+                                         compiled=fn is decode)
+
+    ens_extra = [jnp.repeat(e[:args.ensemble_examples], args.ensemble, 0) for e in extra]
+    ens_pass = lambda: fn(variables, select(ens_bank, ens_index), ens_tokens, *ens_extra)
+    per_prompt = [lambda j=j: fn(variables, ens_bank[j], sub,
+                                 *[e[:args.ensemble_examples] for e in extra])
+                  for j in range(args.ensemble)]
+    result['ensemble'][name] = _timed(ens_pass, per_prompt, args.ensemble_examples,
+                                      args.repeats)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == '__main__':
+  main()
