@@ -30,6 +30,18 @@ def _dropout(config: T5Config) -> nn.Dropout:
   return nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
 
 
+def _mlp_sublayer(config: T5Config, x: Array, enable_dropout: bool) -> Array:
+  """pre_mlp_layer_norm -> mlp -> dropout -> residual, the last block of every layer.
+
+  Called inside a layer's compact method, so the modules belong to that layer.
+  """
+  y = layers.RMSNorm(config.activation_dtype, name='pre_mlp_layer_norm')(x)
+  y = layers.MlpBlock(config.mlp_dim, config.mlp_activations, config.dropout_rate,
+                      config.activation_dtype, name='mlp')(y, enable_dropout)
+  x = x + _dropout(config)(y, deterministic=not enable_dropout)
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention and MLP blocks with residuals."""
   config: T5Config
@@ -44,11 +56,7 @@ class EncoderLayer(nn.Module):
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name='attention')(
             y, y, bias, enable_dropout=enable_dropout)
     x = x + _dropout(cfg)(y, deterministic=deterministic)
-    y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                        name='mlp')(y, enable_dropout)
-    x = x + _dropout(cfg)(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+    return _mlp_sublayer(cfg, x, enable_dropout)
 
 
 class DecoderLayer(nn.Module):
@@ -70,11 +78,7 @@ class DecoderLayer(nn.Module):
     y = attention('encoder_decoder_attention')(y, encoded, cross_bias,
                                                enable_dropout=enable_dropout)
     x = x + _dropout(cfg)(y, deterministic=deterministic)
-    y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                        name='mlp')(y, enable_dropout)
-    x = x + _dropout(cfg)(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+    return _mlp_sublayer(cfg, x, enable_dropout)
 
 
 def _relpos(config: T5Config) -> layers.RelativePositionBiases:
