@@ -54,8 +54,3 @@ class Adafactor:
     del step  # constant schedules only, as in the paper
     return self.learning_rate
 
-
-# The paper's baseline: T5 fine-tuning of every parameter.
-MODEL_TUNING = Adafactor(learning_rate=1e-3, weight_decay_rate=None,
-                         multiply_by_parameter_scale=True)
-PROMPT_TUNING = Adafactor()
