@@ -13,7 +13,6 @@ import importlib.util
 import os
 
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from prompt_tuning.data import glue_tasks, preprocessors, superglue_tasks

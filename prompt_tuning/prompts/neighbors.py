@@ -3,7 +3,7 @@
 Each prompt vector is compared by cosine similarity with every row of the
 frozen embedding table; the top-k rows are its nearest neighbours.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 

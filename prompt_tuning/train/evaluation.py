@@ -17,7 +17,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
