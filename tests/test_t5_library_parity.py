@@ -71,17 +71,18 @@ def _strings(dataset):
           for ex in dataset.as_numpy_iterator()]
 
 
-SUPER_GLUE_CASES = [(config, split) for (benchmark, config), splits in examples.MOCK.items()
-                    if benchmark == 'super_glue' and config != 'wsc.fixed'
-                    for split in splits]
+OUR_TEXT_PREPROCESSORS = {'super_glue': superglue_tasks.text_preprocessors,
+                          'glue': glue_tasks.text_preprocessors}
+CASES = [(benchmark, config, split) for (benchmark, config), splits in examples.MOCK.items()
+         if config != 'wsc.fixed' for split in splits]
 
 
-@pytest.mark.parametrize('config,split', SUPER_GLUE_CASES)
-def test_super_glue_matches_the_t5_library(config, split):
-  ours = _raw('super_glue', config, split)
-  for step in superglue_tasks.text_preprocessors(config):
+@pytest.mark.parametrize('benchmark,config,split', CASES)
+def test_text_matches_the_t5_library(benchmark, config, split):
+  ours = _raw(benchmark, config, split)
+  for step in OUR_TEXT_PREPROCESSORS[benchmark](config):
     ours = step(ours)
-  theirs = _t5_text_preprocessor('super_glue', config)(_raw('super_glue', config, split))
+  theirs = _t5_text_preprocessor(benchmark, config)(_raw(benchmark, config, split))
   assert _strings(ours) == _strings(theirs)
 
 
@@ -91,17 +92,4 @@ def test_wsc_simple_matches_the_t5_library(split):
                                   correct_referent_only=(split == 'train'))
   theirs = T5.wsc_simple(_raw('super_glue', 'wsc.fixed', split),
                          correct_referent_only=(split == 'train'))
-  assert _strings(ours) == _strings(theirs)
-
-
-GLUE_CASES = [(config, split) for (benchmark, config), splits in examples.MOCK.items()
-              if benchmark == 'glue' for split in splits]
-
-
-@pytest.mark.parametrize('config,split', GLUE_CASES)
-def test_glue_matches_the_t5_library(config, split):
-  ours = _raw('glue', config, split)
-  for step in glue_tasks.text_preprocessors(config):
-    ours = step(ours)
-  theirs = _t5_text_preprocessor('glue', config)(_raw('glue', config, split))
   assert _strings(ours) == _strings(theirs)
