@@ -54,7 +54,7 @@ PREFIX_LM_LENGTHS = {'inputs': 512, 'targets': 512}
 C4_TASKS = {objective: f'c4_v220_{objective}' for objective in OBJECTIVES}
 
 
-def _preprocessors(objective: str, from_text_lines: bool = False) -> list:
+def objective_preprocessors(objective: str, from_text_lines: bool = False) -> list:
   """The T5 pipeline: text -> 'targets' tokens -> objective -> EOS."""
   steps = [lm_preprocessors.text_line_to_example] if from_text_lines else []
   return steps + [
@@ -70,7 +70,7 @@ def _preprocessors(objective: str, from_text_lines: bool = False) -> list:
 
 def _register(name: str, source: seqio.DataSource, objective: str,
               from_text_lines: bool) -> None:
-  task_utils.add_task(name, source, _preprocessors(objective, from_text_lines))
+  task_utils.add_task(name, source, objective_preprocessors(objective, from_text_lines))
 
 
 def c4_tfds_name() -> str:

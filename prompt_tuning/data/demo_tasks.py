@@ -1,0 +1,78 @@
+"""SeqIO tasks over the demo world (`demo_world.py`): the embedded default.
+
+Importing this module registers, all generated in memory from seed 0 (no
+download, no files):
+
+  demo_world_span_corruption   T5 pre-training on the world's corpus
+  demo_world_prefix_lm         LM adaptation on the same corpus
+  demo_world_boolq             BoolQ-like yes/no questions over a passage,
+  taskless_demo_world_boolq      in the three forms of `task_utils`
+  taskless_demo_world_boolq_sentinel
+  demo_world_rte               RTE-like entailment, same three forms
+  ...
+
+The classification tasks are built exactly as SuperGLUE's (the same `glue`
+text preprocessor, so 'boolq passage: ... question: ...' and 'rte
+hypothesis: ... premise: ...'), with accuracy as the metric. BoolQ's labels
+here are 'no'/'yes' (SuperGLUE's are 'False'/'True'): the corpus answers
+questions with yes and no, the way web text does. Sizes: corpus 50,000 train
+and 1,000 validation documents; each task 5,000 train, 1,000 validation and
+1,000 test examples, half of each class.
+"""
+import functools
+from typing import Dict, List
+
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.data import demo_world
+from prompt_tuning.data import lm_tasks
+from prompt_tuning.data import metrics
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import preprocessors
+from prompt_tuning.data import task_utils
+
+WORLD_SEED = 0
+CORPUS_SIZES = {'train': 50_000, 'validation': 1_000}
+TASK_SIZES = {'train': 5_000, 'validation': 1_000, 'test': 1_000}
+CORPUS = 'demo_world'
+BOOLQ = 'demo_world_boolq'
+RTE = 'demo_world_rte'
+# Lengths that fit every example (the longest input is 110 tokens with EOS).
+CLASSIFICATION_LENGTHS = {'inputs': 112, 'targets': 8}
+LM_LENGTHS = {'inputs': 64, 'targets': 64}
+
+
+@functools.lru_cache(maxsize=None)
+def _examples(kind: str, split: str) -> Dict[str, List]:
+  """Column-wise examples of `kind` ('corpus', 'boolq', 'rte') for `split`."""
+  world = demo_world.make_world(WORLD_SEED)
+  if kind == 'corpus':
+    return {'text': demo_world.corpus(world, split, CORPUS_SIZES[split])}
+  make = {'boolq': demo_world.boolq_examples, 'rte': demo_world.rte_examples}[kind]
+  rows = make(world, split, TASK_SIZES[split])
+  return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _source(kind: str, splits) -> seqio.FunctionDataSource:
+  def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+    del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples
+    return tf.data.Dataset.from_tensor_slices(_examples(kind, split))
+  return seqio.FunctionDataSource(dataset_fn, splits=list(splits))
+
+
+def register() -> None:
+  """(Re-)registers the corpus objectives and the two classification tasks."""
+  corpus = _source('corpus', CORPUS_SIZES)
+  for objective in lm_tasks.OBJECTIVES:
+    task_utils.add_task(f'{CORPUS}_{objective}', corpus,
+                        lm_tasks.objective_preprocessors(objective))
+  for name, kind, labels in ((BOOLQ, 'boolq', demo_world.BOOLQ_LABELS),
+                             (RTE, 'rte', demo_world.RTE_LABELS)):
+    task_utils.add_forms(
+        name, _source(kind, TASK_SIZES),
+        [functools.partial(preprocessors.glue, benchmark_name=kind, label_names=labels)],
+        postprocessors.class_id_postprocessor(labels), [metrics.accuracy])
+
+
+register()

@@ -1,0 +1,248 @@
+"""A small world and the English-like text written about it: the embedded demo's data.
+
+Everything is a pure function of a seed, so the corpus, the tasks and every
+model trained on them can be rebuilt bit for bit on any machine:
+
+  world = make_world(seed=0)      # 48 people, their city, job, pet, colour, friends
+  corpus(world, 'train', 20_000)  # documents, one string each
+  boolq_examples(world, 'train', 4_000)
+  rte_examples(world, 'train', 4_000)
+
+The world is fixed by its seed; what varies between documents is which
+people they talk about, in which words, and the events (meetings, visits,
+gifts) they report. The corpus mixes four kinds of document, as web text
+mixes kinds of page:
+
+  profile   "Anna lives in Paris. She works as a baker. ..."
+  story     "On Monday, Anna visited Ben in Rome. Ben is a pilot. ..."
+  letter    "Dear Ben, I am writing from Paris, where I work as a baker. ..."
+  faq       "Does Anna live in Paris? Yes, she does. Is Anna a pilot? No, ..."
+
+The two classification tasks, in SuperGLUE's feature layout, ask about the
+facts a passage states:
+
+  BoolQ-like  {passage, question, label 0=no 1=yes}
+  RTE-like    {premise, hypothesis, label 0=entailment 1=not_entailment}
+
+Each task example draws a passage about 2-3 people (the facts in it are the
+world's), and a question or hypothesis about one of them that is true or
+false with probability 1/2, so the majority-class baseline is 50%. False
+claims swap in another value of the same attribute, so the words alone do
+not give the answer away; the passage does.
+"""
+import dataclasses
+import random
+from typing import Dict, List, Tuple
+
+NAMES = (
+    'Anna', 'Ben', 'Clara', 'David', 'Emma', 'Frank', 'Grace', 'Henry', 'Julia',
+    'Jack', 'Laura', 'Leo', 'Maria', 'Max', 'Nina', 'Oscar', 'Paula', 'Peter',
+    'Rosa', 'Sam', 'Sara', 'Tom', 'Vera', 'Victor', 'Alice', 'Bob', 'Carol',
+    'Daniel', 'Eva', 'Felix', 'Hanna', 'Hugo', 'Ida', 'Jonas', 'Kate', 'Lucas',
+    'Mia', 'Noah', 'Olga', 'Paul', 'Ruth', 'Simon', 'Tina', 'Uma', 'Walter',
+    'Zoe', 'Adam', 'Lisa')
+SHE = frozenset(('Anna', 'Clara', 'Emma', 'Grace', 'Julia', 'Laura', 'Maria', 'Nina',
+                 'Paula', 'Rosa', 'Sara', 'Vera', 'Alice', 'Carol', 'Eva', 'Hanna',
+                 'Ida', 'Kate', 'Mia', 'Olga', 'Ruth', 'Tina', 'Uma', 'Zoe', 'Lisa'))
+CITIES = ('Paris', 'London', 'Berlin', 'Rome', 'Madrid', 'Vienna', 'Dublin', 'Oslo',
+          'Lisbon', 'Prague', 'Athens', 'Warsaw')
+JOBS = ('doctor', 'teacher', 'farmer', 'baker', 'painter', 'pilot', 'nurse', 'singer',
+        'lawyer', 'writer', 'cook', 'driver')
+PETS = ('cat', 'dog', 'horse', 'parrot', 'rabbit', 'goat', 'fish', 'turtle')
+COLOURS = ('red', 'blue', 'green', 'yellow', 'black', 'white', 'orange', 'purple')
+DAYS = ('Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday', 'Sunday')
+GIFTS = ('a book', 'a cake', 'a lamp', 'a hat', 'a letter', 'some flowers', 'a map',
+         'a clock')
+ATTRIBUTES = ('city', 'job', 'pet', 'colour')
+SPLITS = ('train', 'validation', 'test')
+BOOLQ_LABELS = ('no', 'yes')
+RTE_LABELS = ('entailment', 'not_entailment')
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+  name: str
+  city: str
+  job: str
+  pet: str
+  colour: str
+
+  @property
+  def pronoun(self) -> str:
+    return 'she' if self.name in SHE else 'he'
+
+  def value(self, attribute: str) -> str:
+    return getattr(self, attribute)
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  seed: int
+  people: Tuple[Person, ...]
+  friends: Dict[str, Tuple[str, ...]]
+
+  def person(self, name: str) -> Person:
+    return next(p for p in self.people if p.name == name)
+
+
+def make_world(seed: int = 0) -> World:
+  """48 people with a city, job, pet and favourite colour, and 2-3 friends each."""
+  rng = random.Random(f'demo-world-{seed}')
+  people = tuple(Person(name, rng.choice(CITIES), rng.choice(JOBS), rng.choice(PETS),
+                        rng.choice(COLOURS)) for name in NAMES)
+  friends: Dict[str, set] = {name: set() for name in NAMES}
+  for name in NAMES:
+    while len(friends[name]) < 2:
+      other = rng.choice(NAMES)
+      if other != name:
+        friends[name].add(other)
+        friends[other].add(name)
+  return World(seed, people, {k: tuple(sorted(v)) for k, v in friends.items()})
+
+
+# Paraphrases of each fact, as (template, uses the name) pairs: `{n}` the
+# name (or the pronoun when the person was just mentioned), `{v}` the value.
+_FACTS = {
+    'city': ('{n} lives in {v}.', '{n} has a house in {v}.', '{n} is living in {v}.',
+             'The home of {n} is in {v}.', '{n} lives in the city of {v}.'),
+    'job': ('{n} works as a {v}.', '{n} is a {v}.', '{n} has a job as a {v}.',
+            'By trade, {n} is a {v}.', '{n} earns a living as a {v}.'),
+    'pet': ('{n} has a {v}.', '{n} owns a {v}.', '{n} keeps a {v} as a pet.',
+            'The pet of {n} is a {v}.', '{n} looks after a {v} at home.'),
+    'colour': ('The favourite colour of {n} is {v}.', '{n} likes {v} best.',
+               '{n} loves the colour {v}.', 'Of all colours, {n} prefers {v}.'),
+}
+# Yes/no questions (for the faq documents and the BoolQ-like task).
+_QUESTIONS = {
+    'city': ('does {n} live in {v}?', 'is the home of {n} in {v}?'),
+    'job': ('is {n} a {v}?', 'does {n} work as a {v}?'),
+    'pet': ('does {n} have a {v}?', 'is the pet of {n} a {v}?'),
+    'colour': ('is the favourite colour of {n} {v}?', 'does {n} like {v} best?'),
+}
+_ANSWERS = {True: ('Yes, {p} does.', 'Yes.', 'Yes, that is right.'),
+            False: ('No, {p} does not.', 'No.', 'No, that is wrong.')}
+_VALUES = {'city': CITIES, 'job': JOBS, 'pet': PETS, 'colour': COLOURS}
+
+
+def _fact(rng: random.Random, person: Person, attribute: str, pronoun: bool) -> str:
+  subject = person.pronoun if pronoun else person.name
+  template = rng.choice(_FACTS[attribute])
+  if pronoun and not template.startswith('{n}'):
+    subject = person.name  # "The pet of she" is not English
+  text = template.format(n=subject, v=person.value(attribute))
+  return text[0].upper() + text[1:]
+
+
+def _profile(rng: random.Random, person: Person, max_facts: int = 4
+             ) -> Tuple[List[str], List[str]]:
+  """2 to `max_facts` facts about `person`, the name first, then mostly pronouns.
+
+  Returns:
+    (sentences, the attributes they state).
+  """
+  attributes = rng.sample(ATTRIBUTES, rng.randint(2, max_facts))
+  return [_fact(rng, person, a, pronoun=i > 0 and rng.random() < 0.6)
+          for i, a in enumerate(attributes)], attributes
+
+
+def _other_value(rng: random.Random, person: Person, attribute: str) -> str:
+  return rng.choice([v for v in _VALUES[attribute] if v != person.value(attribute)])
+
+
+def _question(rng: random.Random, person: Person, attribute: str, truth: bool) -> str:
+  value = person.value(attribute) if truth else _other_value(rng, person, attribute)
+  return rng.choice(_QUESTIONS[attribute]).format(n=person.name, v=value)
+
+
+def _document(rng: random.Random, world: World) -> str:
+  kind = rng.choice(('profile', 'profile', 'story', 'letter', 'faq'))
+  person = rng.choice(world.people)
+  if kind == 'profile':
+    sentences = _profile(rng, person)[0]
+    friend = world.person(rng.choice(world.friends[person.name]))
+    sentences.append(f'{person.name} is a friend of {friend.name}.')
+    sentences += _profile(rng, friend)[0]
+  elif kind == 'story':
+    friend = world.person(rng.choice(world.friends[person.name]))
+    day = rng.choice(DAYS)
+    sentences = [rng.choice((
+        f'On {day}, {person.name} visited {friend.name} in {friend.city}.',
+        f'On {day}, {person.name} travelled to {friend.city} to see {friend.name}.',
+        f'{person.name} and {friend.name} met in {friend.city} on {day}.'))]
+    sentences.append(rng.choice((
+        f'{person.name} brought {rng.choice(GIFTS)}.',
+        f'They talked about the {friend.pet} of {friend.name}.',
+        f'They had lunch and talked for hours.')))
+    sentences += _profile(rng, friend)[0] + _profile(rng, person)[0]
+  elif kind == 'letter':
+    friend = world.person(rng.choice(world.friends[person.name]))
+    sentences = [f'Dear {friend.name},',
+                 f'I am writing from {person.city}, where I work as a {person.job}.',
+                 rng.choice((f'My {person.pet} says hello.',
+                             f'I painted my door {person.colour}, my favourite colour.',
+                             f'I hope your {friend.pet} is well.')),
+                 f'Come and visit me in {person.city} soon.',
+                 f'Your friend, {person.name}']
+  else:  # faq
+    sentences = []
+    for _ in range(rng.randint(2, 4)):
+      attribute, truth = rng.choice(ATTRIBUTES), rng.random() < 0.5
+      question = _question(rng, person, attribute, truth)
+      answer = rng.choice(_ANSWERS[truth]).format(p=person.pronoun)
+      if not truth and rng.random() < 0.5:
+        answer += ' ' + _fact(rng, person, attribute, pronoun=True)
+      if rng.random() < 0.5:  # half the askers write in lower case, as on the web
+        question = question[0].upper() + question[1:]
+      sentences += [question, answer]
+  return ' '.join(sentences)
+
+
+def _rng(world: World, purpose: str, split: str) -> random.Random:
+  if split not in SPLITS:
+    raise ValueError(f'Unknown split {split!r}; one of {SPLITS}.')
+  return random.Random(f'demo-world-{world.seed}-{purpose}-{split}')
+
+
+def corpus(world: World, split: str, num_documents: int) -> List[str]:
+  """`num_documents` documents (strings of 3-12 sentences) about `world`."""
+  rng = _rng(world, 'corpus', split)
+  return [_document(rng, world) for _ in range(num_documents)]
+
+
+def _passage(rng: random.Random, world: World) -> Tuple[str, List[Tuple[Person, str]]]:
+  """2-3 facts about each of 2-3 people: (text, the stated (person, attribute) pairs)."""
+  sentences, stated = [], []
+  for person in rng.sample(world.people, rng.randint(2, 3)):
+    facts, attributes = _profile(rng, person, max_facts=3)
+    sentences += facts
+    stated += [(person, a) for a in attributes]
+  return ' '.join(sentences), stated
+
+
+def boolq_examples(world: World, split: str, num_examples: int) -> List[Dict]:
+  """BoolQ-like: {'passage', 'question', 'label' (1 = yes), 'idx'}."""
+  rng = _rng(world, 'boolq', split)
+  examples = []
+  for idx in range(num_examples):
+    passage, stated = _passage(rng, world)
+    person, attribute = rng.choice(stated)
+    truth = rng.random() < 0.5
+    examples.append({'passage': passage, 'question': _question(rng, person, attribute, truth),
+                     'label': int(truth), 'idx': idx})
+  return examples
+
+
+def rte_examples(world: World, split: str, num_examples: int) -> List[Dict]:
+  """RTE-like: {'premise', 'hypothesis', 'label' (0 = entailment), 'idx'}."""
+  rng = _rng(world, 'rte', split)
+  examples = []
+  for idx in range(num_examples):
+    premise, stated = _passage(rng, world)
+    person, attribute = rng.choice(stated)
+    truth = rng.random() < 0.5
+    claimed = person if truth else dataclasses.replace(
+        person, **{attribute: _other_value(rng, person, attribute)})
+    examples.append({'premise': premise,
+                     'hypothesis': _fact(rng, claimed, attribute, pronoun=False),
+                     'label': 0 if truth else 1, 'idx': idx})
+  return examples

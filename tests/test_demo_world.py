@@ -1,0 +1,135 @@
+"""The demo world: a deterministic corpus, tasks whose labels are the world's
+truth, and both pre-training objectives on demo text worked by hand."""
+import re
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.data import demo_tasks
+from prompt_tuning.data import demo_world
+from prompt_tuning.data import lm_preprocessors as lp
+from prompt_tuning.data import vocab
+
+WORLD = demo_world.make_world(0)
+S0 = vocab.sentinel_id(0)
+
+
+def test_corpus_is_a_function_of_seed_and_split():
+  first = demo_world.corpus(demo_world.make_world(0), 'train', 200)
+  again = demo_world.corpus(demo_world.make_world(0), 'train', 200)
+  assert first == again
+  assert demo_world.make_world(0) == demo_world.make_world(0)
+  assert demo_world.make_world(1) != demo_world.make_world(0)
+  assert demo_world.corpus(demo_world.make_world(1), 'train', 200) != first
+  assert demo_world.corpus(WORLD, 'validation', 200) != first
+  # A longer corpus extends a shorter one (documents are drawn in sequence).
+  assert demo_world.corpus(WORLD, 'train', 300)[:200] == first
+  assert demo_world.boolq_examples(WORLD, 'train', 50) == demo_world.boolq_examples(
+      demo_world.make_world(0), 'train', 50)
+
+
+def test_unknown_split_is_an_error():
+  with pytest.raises(ValueError, match='Unknown split'):
+    demo_world.corpus(WORLD, 'dev', 3)
+
+
+def _claim(text):
+  """(name, attribute, value) of a question or hypothesis, found by words."""
+  words = set(re.findall(r'[A-Za-z]+', text))
+  [name] = [n for n in demo_world.NAMES if n in words]
+  [(attribute, value)] = [(a, v) for a, values in
+                          (('city', demo_world.CITIES), ('job', demo_world.JOBS),
+                           ('pet', demo_world.PETS), ('colour', demo_world.COLOURS))
+                          for v in values if v in words]
+  return name, attribute, value
+
+
+def test_corpus_never_contradicts_the_world():
+  # Every "NAME lives in CITY." style sentence of a profile agrees with the world.
+  lives = re.compile(r'\b([A-Z][a-z]+) lives in (?:the city of )?([A-Z][a-z]+)\.')
+  checked = 0
+  for doc in demo_world.corpus(WORLD, 'train', 500):
+    for name, city in lives.findall(doc):
+      if name in demo_world.NAMES:
+        assert WORLD.person(name).city == city, doc
+        checked += 1
+  assert checked > 50
+
+
+def test_boolq_labels_are_the_world_s_truth_and_balanced():
+  examples = demo_world.boolq_examples(WORLD, 'validation', 1000)
+  for ex in examples:
+    name, attribute, value = _claim(ex['question'])
+    assert ex['label'] == int(WORLD.person(name).value(attribute) == value), ex
+    assert name in ex['passage']
+    # The passage states the asked attribute: the true value is in it.
+    assert WORLD.person(name).value(attribute) in ex['passage']
+  assert 0.45 < np.mean([ex['label'] for ex in examples]) < 0.55
+
+
+def test_rte_labels_are_the_world_s_truth():
+  examples = demo_world.rte_examples(WORLD, 'validation', 500)
+  for ex in examples:
+    name, attribute, value = _claim(ex['hypothesis'])
+    entailed = WORLD.person(name).value(attribute) == value
+    assert ex['label'] == (0 if entailed else 1), ex
+  assert 0.4 < np.mean([ex['label'] for ex in examples]) < 0.6
+
+
+def _first(name, split='validation'):
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+      demo_tasks.CLASSIFICATION_LENGTHS, split=split, shuffle=False)
+  return next(ds.as_numpy_iterator())
+
+
+def test_tasks_have_superglue_form():
+  row = demo_world.boolq_examples(WORLD, 'validation', 1)[0]
+  label = demo_world.BOOLQ_LABELS[row['label']]
+  t5 = _first('demo_world_boolq')
+  assert t5['inputs_pretokenized'].decode() == (
+      f'boolq passage: {row["passage"]} question: {row["question"]}')
+  assert t5['targets_pretokenized'].decode() == label
+  taskless = _first('taskless_demo_world_boolq')
+  assert taskless['inputs_pretokenized'].decode() == (
+      f'passage: {row["passage"]} question: {row["question"]}')
+  sentinel = _first('taskless_demo_world_boolq_sentinel')
+  assert sentinel['targets'][0] == S0
+  rte = demo_world.rte_examples(WORLD, 'validation', 1)[0]
+  assert _first('demo_world_rte')['inputs_pretokenized'].decode() == (
+      f'rte hypothesis: {rte["hypothesis"]} premise: {rte["premise"]}')
+
+
+def test_classification_lengths_fit_every_example():
+  v = vocab.get_vocabulary()
+  for split, size in demo_tasks.TASK_SIZES.items():
+    for ex in demo_world.boolq_examples(WORLD, split, size):
+      text = f'boolq passage: {ex["passage"]} question: {ex["question"]}'
+      assert len(v.encode(text)) + 1 <= demo_tasks.CLASSIFICATION_LENGTHS['inputs']
+  assert len(v.encode('not_entailment')) + 1 <= demo_tasks.CLASSIFICATION_LENGTHS['targets']
+
+
+def test_span_corruption_of_a_demo_sentence_by_hand():
+  v = vocab.get_vocabulary()
+  tokens = v.encode('Anna lives in Paris.')
+  pieces = [v.tokenizer.id_to_piece(t) for t in tokens]
+  assert pieces == ['▁Anna', '▁lives', '▁in', '▁Paris', '.']
+  mask = np.array([0, 1, 1, 0, 1], bool)  # noise: "lives in", "."
+  inputs, targets = lp.corrupt_spans(tf.constant(tokens), tf.constant(mask), S0)
+  anna, lives, in_, paris, period = tokens
+  s1 = vocab.sentinel_id(1)
+  assert inputs.numpy().tolist() == [anna, S0, paris, s1]
+  assert targets.numpy().tolist() == [S0, lives, in_, s1, period]
+
+
+def test_prefix_lm_of_a_demo_document_splits_it_without_loss():
+  doc = demo_world.corpus(WORLD, 'validation', 1)[0]
+  v = vocab.get_vocabulary()
+  ds = seqio.get_mixture_or_task('demo_world_prefix_lm').get_dataset(
+      demo_tasks.LM_LENGTHS, split='validation', shuffle=False, seed=0)
+  ex = next(ds.as_numpy_iterator())
+  inputs, targets = ex['inputs'][:-1].tolist(), ex['targets'][:-1].tolist()
+  assert inputs and targets
+  # inputs + targets is the document's first 63 tokens, cut in two.
+  assert inputs + targets == v.encode(doc)[:demo_tasks.LM_LENGTHS['inputs'] - 1]
