@@ -241,3 +241,16 @@ def test_corrupt_safetensors(gated, tmp_path):
   (tmp_path / 'model.safetensors').write_bytes(b'\x10\x00' * 50)
   with pytest.raises(CheckpointError, match='model.safetensors'):
     load_pretrained(str(tmp_path))
+
+
+def test_write_bfloat16_halves_the_file_and_rounds_to_nearest(gated, tmp_path):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  config, params = read_hf_t5(str(gated[1]))
+  write_hf_t5(config, params, str(tmp_path / 'f32'))
+  write_hf_t5(config, params, str(tmp_path / 'bf16'), dtype='bfloat16')
+  size = lambda d: (tmp_path / d / 'model.safetensors').stat().st_size
+  assert 0.45 < size('bf16') / size('f32') < 0.55
+  _, loaded = load_pretrained(str(tmp_path / 'bf16'))
+  for name, value in flatten_tree(params).items():
+    rounded = np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(flatten_tree(loaded)[name], rounded, err_msg=name)

@@ -243,12 +243,17 @@ def read_hf_t5(path: str) -> Tuple[T5Config, Dict[str, Any]]:
 
 
 def write_hf_t5(config: T5Config, params: Mapping[str, Any],
-                path: str) -> None:
+                path: str, dtype: str = 'float32') -> None:
   """Writes `params` as a Hugging Face T5 folder: config.json + safetensors.
 
   The inverse of `read_hf_t5`; the folder loads with
-  `transformers.T5ForConditionalGeneration.from_pretrained`.
+  `transformers.T5ForConditionalGeneration.from_pretrained`. `dtype` is
+  'float32' or 'bfloat16' (half the size, T5X's storage type).
   """
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  storage = np.float32 if dtype == 'float32' else ml_dtypes.bfloat16
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   check_params(config, params, 'the parameters to export')
   proj = {v: k for k, v in _ACTIVATIONS.items()}.get(config.mlp_activations)
@@ -259,10 +264,10 @@ def write_hf_t5(config: T5Config, params: Mapping[str, Any],
   tensors = {}
   for name, (t5x_path, transposed) in _hf_names(config).items():
     value = np.asarray(flat[t5x_path], dtype=np.float32)
-    tensors[name] = np.ascontiguousarray(value.T if transposed else value)
+    tensors[name] = np.ascontiguousarray(value.T if transposed else value, storage)
   if not config.logits_via_embedding:
     tensors['lm_head.weight'] = np.ascontiguousarray(
-        np.asarray(flat['decoder/logits_dense/kernel'], np.float32).T)
+        np.asarray(flat['decoder/logits_dense/kernel'], np.float32).T, storage)
   hf = {
       'architectures': ['T5ForConditionalGeneration'],
       'model_type': 't5',

@@ -7,7 +7,11 @@ Accepted, detected from what is on disk:
   * a directory of `checkpoint_<step>` subdirectories (a T5X model dir): the
     highest step is loaded;
   * a Hugging Face T5 folder: config.json with model.safetensors (possibly
-    sharded) or pytorch_model.bin.
+    sharded) or pytorch_model.bin;
+  * a checkpoint of this project's own runs that trained `params` (pretrain,
+    LM adaptation, model tuning): `MODEL_DIR/checkpoint_<step>` with Orbax
+    `state/` and `metadata/`, or its MODEL_DIR. A prompt-only (delta)
+    checkpoint is refused with the name of its base model.
 
 The result is always (T5Config, params) with params the T5X tree of float32
 numpy arrays, checked against the shapes the configuration implies.
@@ -31,7 +35,8 @@ ACCEPTED = (
     'a legacy T5X checkpoint_<step> directory (msgpack `checkpoint` file + '
     'zarr arrays) or its `checkpoint` file; a directory of checkpoint_<step> '
     'subdirectories (the latest is used); a Hugging Face T5 folder '
-    '(config.json + model.safetensors[.index.json] or pytorch_model.bin)')
+    '(config.json + model.safetensors[.index.json] or pytorch_model.bin); '
+    'a checkpoint_<step> of this project\'s pretrain/lm_adapt/model_tune runs')
 
 
 def _gfile():
@@ -69,7 +74,7 @@ def _describe(names: List[str]) -> str:
 
 
 def detect_format(path: str) -> Tuple[str, str]:
-  """Says what `path` holds: ('t5x', checkpoint path) or ('hf', folder).
+  """Says what `path` holds: ('t5x', checkpoint path), ('hf', folder) or ('ours', dir).
 
   Raises:
     CheckpointError: saying what was found and which formats are accepted.
@@ -90,6 +95,8 @@ def _detect(path: str, model_dir_ok: bool) -> Tuple[str, str]:
     raise CheckpointError(f'{path} is a file of unknown format; expected '
                           f'{ACCEPTED}')
   names = _listdir(path)
+  if 'state' in names and 'metadata' in names:
+    return 'ours', path
   orbax = [m for m in _ORBAX_MARKERS if m in names]
   if orbax:
     raise CheckpointError(
@@ -132,10 +139,40 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
   kind, resolved = detect_format(path)
   if kind == 't5x':
     config, params = t5x_checkpoint.load_t5x(resolved)
+  elif kind == 'ours':
+    config, params = _load_own_checkpoint(resolved)
   else:
     config, params = hf_checkpoint.read_hf_t5(resolved)
   check_params(config, params, resolved)
   return config, params
+
+
+def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
+  """The `params` of a checkpoint written by this project's trainer."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  try:
+    metadata = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        posixpath.join(path, 'metadata'))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{path}: unreadable metadata/ ({e})') from e
+  trainable = metadata.get('trainable_collections', [])
+  if 'params' not in trainable:
+    raise CheckpointError(
+        f'{path} is a delta checkpoint (it trained {trainable}); it holds no '
+        f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
+        'that as the pretrained model and this checkpoint as the delta.')
+  try:
+    state = ocp.StandardCheckpointer().restore(posixpath.join(path, 'state'))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{path}: unreadable state/ ({e})') from e
+  return T5Config(**metadata['model_config']), _to_numpy_tree(state['trainable']['params'])
+
+
+def _to_numpy_tree(tree: Any) -> Any:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if isinstance(tree, dict):
+    return {k: _to_numpy_tree(v) for k, v in tree.items()}
+  return np.asarray(tree, np.float32)
 
 
 __all__ = ['ACCEPTED', 'CheckpointError', 'detect_format',

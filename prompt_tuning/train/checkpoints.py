@@ -50,7 +50,8 @@ class DeltaCheckpointer:
   """Saves and restores the trainable delta of a run under `model_dir`."""
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3):
-    self.model_dir = model_dir
+    # Orbax needs absolute paths; a relative MODEL_DIR is relative to the cwd.
+    self.model_dir = model_dir if '://' in model_dir else os.path.abspath(model_dir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, step_prefix='checkpoint', create=True,
         enable_async_checkpointing=False)
