@@ -74,3 +74,28 @@ def test_prompt_state_is_not_factored():
   state = Adafactor().build().init(np.zeros((100, 4096), np.float32))
   shapes = sorted({np.shape(x) for x in jax.tree_util.tree_leaves(state)})
   assert (100, 4096) in shapes  # a full second moment for the prompt
+
+
+@pytest.mark.parametrize('base_step,expected_lr', [(0, 0.01), (40_000, 0.005),
+                                                   (1_000_000, 0.001)])
+def test_rsqrt_decay_follows_the_global_step(base_step, expected_lr):
+  # T5's pre-training schedule: 1 / sqrt(max(step, 10000)), worked by hand.
+  rng = np.random.RandomState(1)
+  grads = [rng.randn(10, 4) for _ in range(3)]
+  want = reference_adafactor(np.ones((10, 4)), grads, lr=expected_lr, base_step=base_step,
+                             weight_decay=0.0)
+  tx = Adafactor(learning_rate=1.0, schedule='rsqrt_decay', weight_decay_rate=None
+                 ).build(base_step=base_step)
+  p = np.ones((10, 4), np.float32)
+  state = tx.init(p)
+  for g in grads:
+    updates, state = tx.update(g.astype(np.float32), state, p)
+    p = optax.apply_updates(p, updates)
+  np.testing.assert_allclose(p, want, rtol=2e-5)
+  assert Adafactor(learning_rate=1.0, schedule='rsqrt_decay').learning_rate_at(
+      base_step + 1) == pytest.approx(expected_lr)
+
+
+def test_unknown_schedule_is_named():
+  with pytest.raises(ValueError, match="'cosine'"):
+    Adafactor(schedule='cosine')
