@@ -289,3 +289,64 @@ def test_resume_on_another_base_model_is_refused(tmp_path, tiny_gin, base_checkp
   args = _args(tiny_gin, str(tmp_path / 'other'), tmp_path / 'run', steps=2)
   with pytest.raises(ValueError, match='fingerprint'):
     _train_in_process(args)
+
+
+def _pretrain_args(tiny_gin, run, model_dir, train_steps, extra=()):
+  return [f'--gin_file={tiny_gin}', f'--gin_file=gin/runs/{run}.gin',
+          f"--gin.MODEL_DIR='{model_dir}'",
+          "--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.data.demo_tasks'",
+          f'--gin.TRAIN_STEPS={train_steps}', '--gin.BATCH_SIZE=4', '--gin.LOG_PERIOD=1',
+          '--gin.CHECKPOINT_PERIOD=100', *extra]
+
+
+def test_pretrain_then_lm_adapt_give_full_checkpoints_load_pretrained_reads(
+    tmp_path, tiny_gin):
+  pretrained = tmp_path / 'span_corruption'
+  state = _train_in_process(_pretrain_args(
+      tiny_gin, 'pretrain', pretrained, 4,
+      ["--gin.MIXTURE_OR_TASK_NAME='demo_world_span_corruption'",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 14}"]))
+  assert set(state.trainable) == {'params'} and int(state.step) == 4
+  # T5's schedule at steps below the 10,000 warm-up: 1 / sqrt(10000).
+  np.testing.assert_allclose(_scalars(str(pretrained), 'learning_rate'), [0.01] * 4)
+  config, params = load_pretrained(str(pretrained))
+  assert config.emb_dim == 4 and config.num_encoder_layers == 2
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, state.trainable['params'])
+
+  gin.clear_config()
+  adapted = tmp_path / 'lm_adapted'
+  state = _train_in_process(_pretrain_args(
+      tiny_gin, 'lm_adapt', adapted, 7,
+      [f"--gin.INITIAL_CHECKPOINT_PATH='{pretrained}'",
+       "--gin.MIXTURE_OR_TASK_NAME='demo_world_prefix_lm'",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}"]))
+  # The global step continues from the span-corruption checkpoint's 4.
+  assert int(state.step) == 7 and os.path.isdir(adapted / 'checkpoint_7')
+  assert len(_scalars(str(adapted), 'loss')) == 3
+  _, adapted_params = load_pretrained(str(adapted / 'checkpoint_7'))
+  changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b),
+                                   adapted_params, params)
+  assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_load_pretrained_refuses_a_prompt_checkpoint(tmp_path, tiny_gin, base_checkpoint):
+  from prompt_tuning.model import CheckpointError  # pylint: disable=g-import-not-at-top
+  _train_in_process(_args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=1))
+  with pytest.raises(CheckpointError, match='delta checkpoint.*base model is .*checkpoint_3'):
+    load_pretrained(str(tmp_path / 'run'))
+
+
+def test_training_from_scratch_needs_trainable_params(tmp_path, tiny_gin):
+  with pytest.raises(gin_utils.ConfigurationError, match='from scratch'):
+    _train_in_process(_args(tiny_gin, None, tmp_path / 'run', steps=1, base_step=0,
+                            extra=['--gin.INITIAL_CHECKPOINT_PATH=None']))
+
+
+def test_relative_model_dir(tmp_path, tiny_gin, base_checkpoint, monkeypatch):
+  # Orbax wants absolute paths; a relative MODEL_DIR is relative to the cwd.
+  monkeypatch.chdir(tmp_path)
+  _train_in_process(_args(tiny_gin, base_checkpoint, 'rel/run', steps=1,
+                          run='model_tune', prompt=None))
+  assert (tmp_path / 'rel' / 'run' / f'checkpoint_{BASE_STEP + 1}').is_dir()
+  config, _ = load_pretrained('rel/run')
+  assert config.emb_dim == 4

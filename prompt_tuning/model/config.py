@@ -10,6 +10,9 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
+# Values of T5Config.remat_policy (see there).
+REMAT_POLICIES = ('none', 'minimal', 'dots', 'full')
+
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -32,6 +35,13 @@ class T5Config:
       (original T5); T5.1.1 has a separate `logits_dense`.
     relative_attention_num_buckets: position buckets per stack (32).
     relative_attention_max_distance: distance beyond which buckets saturate.
+    remat_policy: what each encoder/decoder layer keeps for the backward pass
+      (T5X's scalable_t5 `remat_policy`): 'none' keeps every activation;
+      'full' keeps only the layer's inputs and recomputes the rest; 'minimal'
+      also keeps the outputs of matmuls without batch dimensions (the
+      projections; `jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims`);
+      'dots' keeps every matmul output, attention scores included
+      (`checkpoint_dots`). Numerics and the parameter tree do not change.
   """
   vocab_size: int = 32128
   emb_dim: int = 512
@@ -46,10 +56,16 @@ class T5Config:
   logits_via_embedding: bool = False
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  remat_policy: str = 'none'
 
   def __post_init__(self):
     # Gin and JSON hand us lists; the module needs something hashable.
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+    if self.remat_policy is None:
+      object.__setattr__(self, 'remat_policy', 'none')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'Unknown remat_policy {self.remat_policy!r}; expected one of '
+                       f'{REMAT_POLICIES}.')
 
   @property
   def activation_dtype(self) -> jnp.dtype:

@@ -6,12 +6,16 @@ summed over non-padding targets (no mean, unless a loss normalizing factor is
 given), as T5X's `compute_weighted_cross_entropy`. The z-loss term pulls the
 softmax normaliser towards 1 and has its own gradient.
 """
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
+# T5X's SpecialLossNormalizingFactor names: factors computed from the batch.
+SPECIAL_LOSS_NORMALIZING_FACTORS = ('NUM_REAL_TARGET_TOKENS', 'NUM_TOTAL_TARGET_TOKENS',
+                                    'AVERAGE_PER_SEQUENCE')
 
 
 @jax.custom_vjp
@@ -97,6 +101,40 @@ def compute_weighted_cross_entropy(
   if loss_normalizing_factor is not None:
     loss, z = loss / loss_normalizing_factor, z / loss_normalizing_factor
   return jnp.sum(loss), jnp.sum(z), jnp.sum(weights)
+
+
+def get_loss_normalizing_factor_and_weights(
+    loss_normalizing_factor: Union[float, str, None], batch: Mapping[str, Array]
+) -> Tuple[Union[float, Array, None], Optional[Array]]:
+  """T5X's function of that name: (factor, loss weights) for a batch.
+
+  A number (or None) passes through with the batch's `decoder_loss_weights`.
+  A name from `SPECIAL_LOSS_NORMALIZING_FACTORS` is computed from `batch`:
+  the sum of the loss weights (NUM_REAL_TARGET_TOKENS), batch * target length
+  (NUM_TOTAL_TARGET_TOKENS), or, for AVERAGE_PER_SEQUENCE, weights divided by
+  each sequence's own sum and the factor their total (unpacked batches only).
+  It depends on the whole batch: gradient accumulation computes it once on
+  the full batch and gives it to every microbatch (T5X computes it per
+  microbatch, which weights microbatches unequally).
+  """
+  weights = batch.get('decoder_loss_weights')
+  if loss_normalizing_factor is None or not isinstance(loss_normalizing_factor, str):
+    return loss_normalizing_factor, weights
+  name = loss_normalizing_factor.upper()
+  targets = batch['decoder_target_tokens']
+  weights = (targets > 0 if weights is None else weights).astype(jnp.float32)
+  if name == 'NUM_REAL_TARGET_TOKENS':
+    return jnp.sum(weights), weights
+  if name == 'NUM_TOTAL_TARGET_TOKENS':
+    return float(np.prod(targets.shape)), weights
+  if name == 'AVERAGE_PER_SEQUENCE':
+    if 'decoder_segment_ids' in batch:
+      raise NotImplementedError('AVERAGE_PER_SEQUENCE on packed batches is not supported.')
+    weights = jnp.nan_to_num(weights / jnp.sum(weights, axis=-1, keepdims=True),
+                             nan=0.0, posinf=0.0, neginf=0.0)
+    return jnp.sum(weights), weights
+  raise ValueError(f'Unknown loss_normalizing_factor {loss_normalizing_factor!r}: give a '
+                   f'number or one of {SPECIAL_LOSS_NORMALIZING_FACTORS}.')
 
 
 def sequence_scores(logits: Array, targets: Array, weights: Optional[Array] = None

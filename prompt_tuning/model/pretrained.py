@@ -148,11 +148,11 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
 
 
 def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
-  """The `params` of a checkpoint written by this project's trainer."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  """The `params` of a checkpoint written by this project's trainer (on any mesh)."""
+  # The training package's reader; imported here, as it imports this package.
+  from prompt_tuning.train import checkpoints  # pylint: disable=g-import-not-at-top
   try:
-    metadata = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        posixpath.join(path, 'metadata'))
+    metadata = checkpoints.read_metadata(path)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable metadata/ ({e})') from e
   trainable = metadata.get('trainable_collections', [])
@@ -162,16 +162,17 @@ def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
         f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
         'that as the pretrained model and this checkpoint as the delta.')
   try:
-    state = ocp.StandardCheckpointer().restore(posixpath.join(path, 'state'))
+    params = checkpoints.read_trainable(path)['params']
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable state/ ({e})') from e
-  return T5Config(**metadata['model_config']), _to_numpy_tree(state['trainable']['params'])
+  params = _float32_tree(params)
+  return T5Config(**metadata['model_config']), params
 
 
-def _to_numpy_tree(tree: Any) -> Any:
+def _float32_tree(tree: Any) -> Any:
   import numpy as np  # pylint: disable=g-import-not-at-top
   if isinstance(tree, dict):
-    return {k: _to_numpy_tree(v) for k, v in tree.items()}
+    return {k: _float32_tree(v) for k, v in tree.items()}
   return np.asarray(tree, np.float32)
 
 

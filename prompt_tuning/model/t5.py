@@ -12,6 +12,7 @@ key/value cache in the 'cache' collection.
 Subclasses that put something in front of the encoder input (prompts)
 override `embed_encoder_inputs` and `encoder_mask`; nothing else changes.
 """
+import functools
 from typing import Optional, Tuple
 
 import flax.linen as nn
@@ -81,6 +82,29 @@ class DecoderLayer(nn.Module):
     return _mlp_sublayer(cfg, x, enable_dropout)
 
 
+_REMAT_POLICIES = {
+    'full': None,  # jax.checkpoint's default: nothing saved but the inputs
+    'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_class(layer: type, remat_policy: str) -> type:
+  """`layer`, or `nn.remat(layer)` recomputing its activations in the backward pass.
+
+  The lifted module keeps the name it is given, so the parameter tree is the
+  same either way. The boolean flags are static arguments (positions count
+  `self` as 0, as flax's `nn.remat` does): EncoderLayer's enable_dropout,
+  DecoderLayer's enable_dropout and decode; callers pass them positionally.
+  """
+  if remat_policy == 'none':
+    return layer
+  flags = {EncoderLayer: (3,), DecoderLayer: (5, 6)}[layer]
+  return nn.remat(layer, policy=_REMAT_POLICIES[remat_policy], prevent_cse=True,
+                  static_argnums=flags)
+
+
 def _relpos(config: T5Config) -> layers.RelativePositionBiases:
   return layers.RelativePositionBiases(
       config.relative_attention_num_buckets, config.relative_attention_max_distance,
@@ -100,7 +124,8 @@ class Encoder(nn.Module):
     x = _dropout(cfg)(x, deterministic=not enable_dropout)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, enable_dropout)
+      x = _layer_class(EncoderLayer, cfg.remat_policy)(cfg, name=f'layers_{i}')(
+          x, bias, enable_dropout)
     x = layers.RMSNorm(cfg.activation_dtype, name='encoder_norm')(x)
     return _dropout(cfg)(x, deterministic=not enable_dropout)
 
@@ -132,8 +157,8 @@ class Decoder(nn.Module):
     y = _dropout(cfg)(y, deterministic=not enable_dropout)
     y = nn.with_logical_constraint(y, ACTIVATION_AXES)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_bias, cross_bias,
-                                                enable_dropout, decode)
+      y = _layer_class(DecoderLayer, cfg.remat_policy)(cfg, name=f'layers_{i}')(
+          y, encoded, self_bias, cross_bias, enable_dropout, decode)
     y = layers.RMSNorm(dtype, name='decoder_norm')(y)
     y = _dropout(cfg)(y, deterministic=not enable_dropout)
     if cfg.logits_via_embedding:

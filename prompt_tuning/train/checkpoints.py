@@ -55,7 +55,7 @@ class DeltaCheckpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, step_prefix='checkpoint', create=True,
         enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(model_dir, options=options,
+    self._manager = ocp.CheckpointManager(self.model_dir, options=options,
                                           item_names=('state', 'metadata'))
 
   def latest_step(self) -> Optional[int]:
@@ -154,6 +154,8 @@ def checkpoint_step(path: str) -> int:
 def all_checkpoints(path: str) -> List[str]:
   """`checkpoint_<step>` itself, or every checkpoint in a directory in step order."""
   path = path.rstrip('/')
+  if '://' not in path:
+    path = os.path.abspath(path)  # Orbax reads absolute paths only
   if os.path.basename(path).startswith('checkpoint_'):
     if not _isdir(path):
       raise FileNotFoundError(f'The checkpoint {path} does not exist.')
@@ -177,9 +179,25 @@ def read_metadata(path: str) -> Dict[str, Any]:
   return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory))
 
 
+def restore_state_on_host(directory: str) -> Dict[str, Any]:
+  """An Orbax `state/` directory, whole, onto this process's first device.
+
+  The target names the device, so a checkpoint written on another topology
+  (a multi-host mesh, say) reads back here; without one Orbax insists on the
+  saved mesh.
+  """
+  checkpointer = ocp.StandardCheckpointer()
+  saved = checkpointer.metadata(directory)
+  saved = getattr(saved, 'item_metadata', saved)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(saved.tree))
+  return checkpointer.restore(directory, target)
+
+
 def read_trainable(path: str) -> Dict[str, Any]:
   """The trainable collections stored in a checkpoint (or a MODEL_DIR's latest)."""
-  state = ocp.StandardCheckpointer().restore(os.path.join(resolve_checkpoint(path), 'state'))
+  state = restore_state_on_host(os.path.join(resolve_checkpoint(path), 'state'))
   return jax.tree_util.tree_map(np.asarray, state['trainable'])
 
 

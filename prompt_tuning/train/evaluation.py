@@ -29,6 +29,18 @@ Variables = Dict[str, Any]
 FEATURE_CONVERTER = seqio.EncDecFeatureConverter(pack=False)
 
 
+def to_host(x: Any) -> np.ndarray:
+  """A (global) array as numpy on every process.
+
+  On a multi-host mesh an output may be spread over other hosts' devices;
+  it is gathered (every host runs the same evaluation).
+  """
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def padded_batches(dataset: tf.data.Dataset, batch_size: int
                    ) -> Iterator[Tuple[np.ndarray, Dict[str, np.ndarray], int]]:
   """(indices, features, real rows) of an enumerated dataset, last batch padded.
@@ -92,7 +104,7 @@ class InferenceEvaluator:
     # Built on first use: gin constructs this object before the run imports
     # MIXTURE_OR_TASK_MODULE, which registers the task.
     loggers = ()
-    if self.log_dir:
+    if self.log_dir and jax.process_index() == 0:  # every host evaluates, one writes
       tf.io.gfile.makedirs(self.log_dir)  # seqio's JSON logger does not create it
       loggers = (seqio.PyLoggingLogger, seqio.JSONLogger, seqio.TensorBoardLogger)
     return seqio.Evaluator(
@@ -146,7 +158,7 @@ class InferenceEvaluator:
       del model_feature_shapes
       out = []
       for indices, features, real in padded_batches(dataset, self.batch_size):
-        result = np.asarray(run(variables, prompts, features['encoder_input_tokens']))
+        result = to_host(run(variables, prompts, features['encoder_input_tokens']))
         if copies > 1:
           result = prompt_bank.vote_rows(result, copies)
         out.extend(zip(indices.tolist(), to_tokens(result[:real].tolist())))
@@ -162,7 +174,7 @@ class InferenceEvaluator:
       del model_feature_shapes
       out = []
       for indices, features, real in padded_batches(dataset, self.batch_size):
-        scores = np.asarray(run(variables, prompts, features['encoder_input_tokens'],
+        scores = to_host(run(variables, prompts, features['encoder_input_tokens'],
                                 features['decoder_target_tokens']))
         scores = scores.reshape(-1, copies).mean(axis=1)  # the mean over prompts
         out.extend(zip(indices.tolist(), scores[:real].tolist()))

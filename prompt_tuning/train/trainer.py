@@ -26,6 +26,7 @@ from prompt_tuning.model import load_pretrained
 from prompt_tuning.model.param_shapes import check_params
 from prompt_tuning.train import data
 from prompt_tuning.train import evaluation
+from prompt_tuning.train import partitioning
 from prompt_tuning.train.checkpoints import DeltaCheckpointer, FingerprintMismatchError, fingerprint
 from prompt_tuning.train.optimizers import Adafactor
 from prompt_tuning.train.step import TrainState, make_train_step, split_variables
@@ -38,22 +39,31 @@ def _dummy_batch(task_feature_lengths: Mapping[str, int]):
 
 
 def initialize_variables(model: nn.Module, params: Dict[str, Any], rng: jax.Array,
-                         task_feature_lengths: Mapping[str, int]) -> Dict[str, Any]:
+                         task_feature_lengths: Mapping[str, int],
+                         partitioner: Optional[partitioning.Partitioner] = None
+                         ) -> Dict[str, Any]:
   """The pretrained `params` plus every other collection the model declares.
 
   The extra collections (the prompt, LoRA, ...) are created by applying the
   model with the pretrained params and those collections mutable: their
   initializers then see the real embedding table, which sampled-vocabulary
-  and class-label inits need.
+  and class-label inits need. With a `partitioner`, every variable comes
+  back placed on its mesh by its logical axes (the params first, so the
+  initialization itself runs sharded).
   """
   batch = _dummy_batch(task_feature_lengths)
   abstract = jax.eval_shape(lambda: model.init(rng, *batch))
   extra = [c for c in abstract if c != 'params']
+  shardings = partitioner.variable_shardings(abstract) if partitioner else None
+  if partitioner:
+    params = partitioner.place(params, shardings['params'])
   if not extra:
     return {'params': params}
-  init = jax.jit(lambda p, r: model.apply({'params': p}, *batch, mutable=extra,
-                                          rngs={'params': r})[1])
-  return {'params': params, **nn.unbox(init(params, rng))}
+  fn = lambda p, r: nn.unbox(model.apply({'params': p}, *batch, mutable=extra,
+                                         rngs={'params': r})[1])
+  init = (partitioner.partition(fn, out_shardings={c: shardings[c] for c in extra})
+          if partitioner else jax.jit(fn))
+  return {'params': params, **init(params, rng)}
 
 
 def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, tokens,
@@ -88,7 +98,7 @@ def train(*,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED,
-          initial_checkpoint_path: str = gin.REQUIRED,
+          initial_checkpoint_path: Optional[str] = gin.REQUIRED,
           trainable_collections: Sequence[str] = ('prompt',),
           optimizer: Adafactor = Adafactor(),
           mixture_or_task_module: Optional[str] = None,
@@ -101,9 +111,11 @@ def train(*,
           z_loss: float = 1e-4,
           label_smoothing: float = 0.0,
           loss_normalizing_factor: Optional[float] = None,
+          num_microbatches: Optional[int] = None,
           eval_period: Optional[int] = None,
           eval_steps: int = 20,
-          inference_evaluator: Optional[evaluation.InferenceEvaluator] = None
+          inference_evaluator: Optional[evaluation.InferenceEvaluator] = None,
+          partitioner: Optional[partitioning.Partitioner] = None
           ) -> TrainState:
   """Trains the `trainable_collections` of `model`; returns the final state.
 
@@ -111,7 +123,16 @@ def train(*,
   `eval_steps` batches, and, given an `inference_evaluator`, the task's
   metrics; the checkpoint with the best mean metric is also kept in
   MODEL_DIR/best/ (the paper's early stopping).
+
+  `partitioner` (default: data parallelism over every device) places the
+  variables, optimizer state and batches on its ('data', 'model') mesh.
+  `num_microbatches` (T5X's): accumulate each step's gradient over that many
+  slices of the batch, one update per batch (less activation memory).
   """
+  partitioner = partitioner or partitioning.Partitioner()
+  if num_microbatches and batch_size % num_microbatches:
+    raise gin_utils.ConfigurationError(
+        f'BATCH_SIZE {batch_size} is not divisible by NUM_MICROBATCHES {num_microbatches}.')
   data.import_task_module(mixture_or_task_module)
   task = data.get_task(mixture_or_task_name)
   data.check_vocabulary(task, model.config.vocab_size)
@@ -119,15 +140,13 @@ def train(*,
   checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
   latest = checkpointer.latest_step()
 
-  # The frozen backbone always comes from the pretrained checkpoint.
-  logging.info('Loading the pretrained model from %s', initial_checkpoint_path)
-  _, params = load_pretrained(initial_checkpoint_path)
-  check_params(model.config, params, initial_checkpoint_path)
+  rng = jax.random.PRNGKey(random_seed)
+  params = _initial_params(model, initial_checkpoint_path, trainable_collections,
+                           random_seed, task_feature_lengths)
   base = {'base_checkpoint': initial_checkpoint_path,
           'base_fingerprint': fingerprint(params),
-          'base_step': _base_step(initial_checkpoint_path)}
-  rng = jax.random.PRNGKey(random_seed)
-  variables = initialize_variables(model, params, rng, task_feature_lengths)
+          'base_step': _base_step(initial_checkpoint_path) if initial_checkpoint_path else 0}
+  variables = initialize_variables(model, params, rng, task_feature_lengths, partitioner)
   frozen, trainable = split_variables(variables, trainable_collections)
   if latest is not None:
     recorded = checkpointer.metadata(latest)
@@ -139,12 +158,14 @@ def train(*,
     base['base_step'] = recorded['base_step']
 
   tx = optimizer.build(base['base_step'])
-  state = TrainState(step=jnp.asarray(base['base_step'], jnp.int32), frozen=frozen,
-                     trainable=trainable, opt_state=tx.init(trainable))
+  state = TrainState(
+      step=partitioner.place(np.asarray(base['base_step'], np.int32), partitioner.replicated),
+      frozen=frozen, trainable=trainable,
+      opt_state=partitioner.init_optimizer_state(tx, trainable))
   if latest is not None:
     saved = {'step': state.step, 'trainable': state.trainable, 'opt_state': state.opt_state}
-    restored, _ = checkpointer.restore(latest, jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), saved))
+    # Restored straight into each array's sharding (Orbax reshards if the mesh changed).
+    restored, _ = checkpointer.restore(latest, partitioning.abstract_shapes(saved))
     state = state.replace(**restored)
     logging.info('Resumed from %s at step %d', checkpointer.step_dir(latest), int(state.step))
 
@@ -158,12 +179,15 @@ def train(*,
     logging.warning('Nothing to train: the run is at step %d and TRAIN_STEPS=%d '
                     '(absolute, counting the pretrained checkpoint\'s %d steps).',
                     start_step, train_steps, base['base_step'])
+  data_shard = partitioner.data_shard(batch_size)  # (index, count) of this host's rows
   batches = data.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
                                seed=random_seed, skip_batches=consumed, shuffle=shuffle,
-                               use_cached=use_cached_tasks)
-  step_fn = make_train_step(model, tx, random_seed, z_loss=z_loss,
+                               use_cached=use_cached_tasks, shard=data_shard)
+  step_fn = make_train_step(model, tx, random_seed, partitioner=partitioner,
+                            state_shardings=partitioning.shardings_of(state), z_loss=z_loss,
                             label_smoothing=label_smoothing,
-                            loss_normalizing_factor=loss_normalizing_factor)
+                            loss_normalizing_factor=loss_normalizing_factor,
+                            num_microbatches=num_microbatches)
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0)
 
@@ -176,6 +200,10 @@ def train(*,
         inference_evaluator, log_dir=os.path.join(model_dir, 'inference_eval'))
 
   def evaluate(step: int) -> None:
+    with partitioner.context():  # activation constraints bind on the mesh
+      _evaluate(step)
+
+  def _evaluate(step: int) -> None:
     scalars = teacher_forced.evaluate(state.variables)
     logging.info('step %d training_eval: %s', step, scalars)
     eval_writer.write_scalars(step, scalars)
@@ -206,10 +234,10 @@ def train(*,
   window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
   for step in range(start_step, train_steps):
     batch = next(batches)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state, partitioner.global_batch(batch))
     window_steps += 1
     window_tokens += int(np.sum(batch['encoder_input_tokens'] > 0) +
-                         np.sum(batch['decoder_target_tokens'] > 0)) * jax.process_count()
+                         np.sum(batch['decoder_target_tokens'] > 0)) * data_shard[1]
     done = step + 1
     if done % log_period == 0 or done == train_steps:
       loss = float(metrics['loss'])
@@ -254,6 +282,8 @@ class BestCheckpointTracker:
 
   def record(self, step: int, score: float, results: Mapping[str, Any]) -> None:
     self.best = {'step': step, 'score': score, 'metrics': results}
+    if jax.process_index() > 0:  # every host keeps the record; host 0 writes it
+      return
     tmp = self._record + '.tmp'
     with tf.io.gfile.GFile(tmp, 'w') as f:
       f.write(json.dumps(self.best, indent=2))
@@ -261,8 +291,32 @@ class BestCheckpointTracker:
     logging.info('New best checkpoint: step %d, mean metric %.4f', step, score)
 
 
+def _initial_params(model: nn.Module, initial_checkpoint_path: Optional[str],
+                    trainable_collections: Sequence[str], random_seed: int,
+                    task_feature_lengths: Mapping[str, int]) -> Dict[str, Any]:
+  """The pretrained backbone, or T5X's random init when pre-training from scratch."""
+  if initial_checkpoint_path:
+    logging.info('Loading the pretrained model from %s', initial_checkpoint_path)
+    _, params = load_pretrained(initial_checkpoint_path)
+    check_params(model.config, params, initial_checkpoint_path)
+    return params
+  if 'params' not in trainable_collections:
+    raise gin_utils.ConfigurationError(
+        'INITIAL_CHECKPOINT_PATH is None, which means training from scratch, but '
+        f'the trainable collections {list(trainable_collections)} leave the '
+        'randomly initialized backbone frozen. Give a pretrained checkpoint.')
+  logging.info('No initial checkpoint: initializing the backbone from scratch '
+               '(RANDOM_SEED %d).', random_seed)
+  init = jax.jit(lambda r: model.init(r, *_dummy_batch(task_feature_lengths))['params'])
+  rng = jax.random.fold_in(jax.random.PRNGKey(random_seed), 1)  # not the prompt's key
+  return jax.tree_util.tree_map(np.asarray, nn.unbox(init(rng)))
+
+
 def _base_step(path: str) -> int:
-  """The step of a legacy T5X checkpoint (0 for other formats)."""
+  """The step of a T5X checkpoint or one of ours (0 for Hugging Face folders)."""
   from prompt_tuning.model import pretrained, t5x_checkpoint  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.checkpoints import checkpoint_step  # pylint: disable=g-import-not-at-top
   kind, resolved = pretrained.detect_format(path)
-  return t5x_checkpoint.t5x_step(resolved) if kind == 't5x' else 0
+  if kind == 't5x':
+    return t5x_checkpoint.t5x_step(resolved)
+  return checkpoint_step(resolved) if kind == 'ours' else 0
