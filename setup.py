@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5",
     "clu>=0.0.12",
     "tensorboard>=2.16",
+    # tools/plot.py: the ablation figures of configs/ sweeps.
+    "matplotlib>=3.7",
 ]
 
 EXTRAS_REQUIRE = {

@@ -10,13 +10,14 @@ model trained on them can be rebuilt bit for bit on any machine:
 
 The world is fixed by its seed; what varies between documents is which
 people they talk about, in which words, and the events (meetings, visits,
-gifts) they report. The corpus mixes four kinds of document, as web text
+gifts) they report. The corpus mixes five kinds of document, as web text
 mixes kinds of page:
 
   profile   "Anna lives in Paris. She works as a baker. ..."
   story     "On Monday, Anna visited Ben in Rome. Ben is a pilot. ..."
   letter    "Dear Ben, I am writing from Paris, where I work as a baker. ..."
   faq       "Does Anna live in Paris? Yes, she does. Is Anna a pilot? No, ..."
+  quiz      "Anna lives in Paris. ... Ben has a cat. does Ben have a dog? no."
 
 The two classification tasks, in SuperGLUE's feature layout, ask about the
 facts a passage states:
@@ -155,7 +156,7 @@ def _question(rng: random.Random, person: Person, attribute: str, truth: bool) -
 
 
 def _document(rng: random.Random, world: World) -> str:
-  kind = rng.choice(('profile', 'profile', 'story', 'letter', 'faq'))
+  kind = rng.choice(('profile', 'story', 'letter', 'faq', 'quiz', 'quiz'))
   person = rng.choice(world.people)
   if kind == 'profile':
     sentences = _profile(rng, person)[0]
@@ -183,6 +184,13 @@ def _document(rng: random.Random, world: World) -> str:
                              f'I hope your {friend.pet} is well.')),
                  f'Come and visit me in {person.city} soon.',
                  f'Your friend, {person.name}']
+  elif kind == 'quiz':  # a reading exercise: facts, then questions on them
+    passage, stated = _passage(rng, world)
+    sentences = [passage]
+    for person, attribute in rng.sample(stated, min(len(stated), rng.randint(1, 3))):
+      truth = rng.random() < 0.5
+      answer = rng.choice(('yes.', 'Yes.') if truth else ('no.', 'No.'))
+      sentences += [_question(rng, person, attribute, truth), answer]
   else:  # faq
     sentences = []
     for _ in range(rng.randint(2, 4)):

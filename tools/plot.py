@@ -1,0 +1,369 @@
+r"""Draws a sweep's figure and its table: mean +- std over seeds of each (x, series).
+
+    python tools/plot.py runs/prompt_init --output prompt_init.png --markdown prompt_init.md
+    python tools/plot.py runs/prompt_init --recipe configs/paper/prompt_init.toml --output fig.png
+
+Reads <sweep dir>/manifest.json (written by tools/sweep.py; `--recipe` instead
+takes the runs and the plotting spec from the recipe, the run directories
+from <sweep dir>/<run>). A run's result is MODEL_DIR/best/best.json (the
+early-stopping checkpoint's metrics), else the last line of each
+MODEL_DIR/inference_eval/<task>-metrics.jsonl. The recipe's `metric` is
+
+    score          best.json's score: the mean over the run's tasks of each
+                   task's mean metric (SuperGLUE's way of scoring a task)
+    TASK/METRIC    one metric of one task, e.g. demo_world_boolq/accuracy
+    */METRIC       that metric, averaged over the run's tasks that have it
+
+With `average_over = ["task"]` the runs that differ only in those labels are
+averaged first (e.g. the SuperGLUE score over per-task runs of one seed);
+such a group counts only when every one of its runs has a result. Then each
+(x, series) is summarised over its seeds: mean, sample standard deviation
+(n - 1) and n. Runs without a result are listed, never dropped silently.
+"""
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe as recipe_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sweep as sweep_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@dataclasses.dataclass
+class Result:
+  """One run's value of the metric, or why there is none."""
+  name: str
+  labels: Dict[str, Any]
+  value: Optional[float]
+  source: str  # 'best.json', 'metrics.jsonl (last line)' or the reason it is missing
+
+
+@dataclasses.dataclass
+class Cell:
+  """The summary of one (series, x): the per-seed values and their statistics."""
+  values: List[float]
+
+  @property
+  def n(self) -> int:
+    return len(self.values)
+
+  @property
+  def mean(self) -> float:
+    return statistics.fmean(self.values) if self.values else math.nan
+
+  @property
+  def std(self) -> float:
+    return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+  def text(self, digits: int = 2) -> str:
+    if not self.values:
+      return 'missing'
+    if self.n == 1:
+      return f'{self.mean:.{digits}f} (1)'
+    return f'{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.n})'
+
+
+# -- reading results -------------------------------------------------------------
+def mean_metric(results: Mapping[str, Mapping[str, float]]) -> float:
+  """The mean over tasks of each task's mean metric.
+
+  The same rule as prompt_tuning.train.evaluation.mean_metric (repeated here
+  so plotting does not import JAX and TensorFlow).
+  """
+  per_task = [statistics.fmean(m.values()) for m in results.values() if m]
+  if not per_task:
+    raise ValueError('no metrics')
+  return statistics.fmean(per_task)
+
+
+def read_results(model_dir: str) -> Tuple[Optional[Dict[str, Any]], str]:
+  """({'score', 'metrics'}, source) of a run, or (None, why not)."""
+  best = sweep_lib.join(model_dir, 'best', 'best.json')
+  if sweep_lib.exists(best):
+    try:
+      record = json.loads(sweep_lib.read_text(best))
+      return {'score': float(record['score']), 'metrics': record['metrics']}, 'best.json'
+    except (ValueError, KeyError, TypeError) as e:
+      return None, f'unreadable best.json ({e})'
+  if sweep_lib._is_url(model_dir):  # pylint: disable=protected-access
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    files = tf.io.gfile.glob(sweep_lib.join(model_dir, 'inference_eval', '*-metrics.jsonl'))
+  else:
+    files = glob.glob(os.path.join(model_dir, 'inference_eval', '*-metrics.jsonl'))
+  metrics = {}
+  for path in sorted(files):
+    lines = [l for l in sweep_lib.read_text(path).splitlines() if l.strip()]
+    if not lines:
+      continue
+    last = json.loads(lines[-1])
+    task = os.path.basename(path)[:-len('-metrics.jsonl')]
+    metrics[task] = {k: float(v) for k, v in last.items()
+                     if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool)}
+  if metrics:
+    try:
+      return {'score': mean_metric(metrics), 'metrics': metrics}, 'metrics.jsonl (last line)'
+    except ValueError:
+      pass
+  if not sweep_lib.exists(model_dir):
+    return None, 'no run directory'
+  return None, 'no best/best.json and no inference_eval metrics yet'
+
+
+def metric_value(results: Mapping[str, Any], metric: str) -> float:
+  """The recipe's `metric` from a run's results (see the module docstring).
+
+  Raises:
+    KeyError: naming the metric and what the results have.
+  """
+  if metric == 'score':
+    return float(results['score'])
+  task, sep, name = metric.partition('/')
+  if not sep:
+    raise KeyError(f"metric {metric!r}: use 'score', 'TASK/METRIC' or '*/METRIC'")
+  metrics = results['metrics']
+  if task == '*':
+    values = [float(m[name]) for m in metrics.values() if name in m]
+    if not values:
+      raise KeyError(f'no task has {name!r} (tasks: {_available(metrics)})')
+    return statistics.fmean(values)
+  if task not in metrics or name not in metrics[task]:
+    raise KeyError(f'no {metric!r} (has: {_available(metrics)})')
+  return float(metrics[task][name])
+
+
+def _available(metrics: Mapping[str, Mapping[str, float]]) -> str:
+  return ', '.join(f'{t}/{m}' for t, ms in metrics.items() for m in ms)
+
+
+def collect(runs: Mapping[str, Mapping[str, Any]], metric: str) -> List[Result]:
+  """Every run's metric value; `runs` maps name -> {'labels', 'model_dir'}."""
+  out = []
+  for name, run in runs.items():
+    results, source = read_results(run['model_dir'])
+    value = None
+    if results is not None:
+      try:
+        value = metric_value(results, metric)
+      except KeyError as e:
+        source = f'{source}: {e.args[0]}'
+    out.append(Result(name, dict(run['labels']), value, source))
+  return out
+
+
+# -- aggregation -----------------------------------------------------------------
+@dataclasses.dataclass
+class Table:
+  """Cells by (series, x), their display order, and what is missing."""
+  xs: List[Any]
+  series: List[Any]
+  cells: Dict[Tuple[Any, Any], Cell]
+  tick_names: Dict[Any, str]
+  missing: List[str]
+  warnings: List[str]
+
+
+def aggregate(results: Sequence[Result], spec: Mapping[str, Any]) -> Table:
+  """Averages over `average_over`, then mean / std / n over seeds per (series, x)."""
+  x_key, series_key = spec['x'], spec.get('series')
+  average_over = set(spec.get('average_over') or ())
+  # 1. One sample per run after removing the averaged-over labels.
+  samples: Dict[Tuple, List[Result]] = {}
+  for r in results:
+    key = tuple(sorted((k, _hashable(v)) for k, v in r.labels.items() if k not in average_over))
+    samples.setdefault(key, []).append(r)
+  missing = [f'{r.name}: {r.source}' for r in results if r.value is None]
+  cells: Dict[Tuple[Any, Any], Cell] = {}
+  members: Dict[Tuple[Any, Any], List[Dict[str, Any]]] = {}
+  xs: List[Any] = []
+  series: List[Any] = []
+  tick_names: Dict[Any, str] = {}
+  for key, group in samples.items():
+    labels = dict(key)
+    x, s = labels[x_key], labels.get(series_key) if series_key else None
+    if x not in xs:
+      xs.append(x)
+    if s not in series:
+      series.append(s)
+    if spec.get('x_ticks'):
+      tick_names.setdefault(x, str(group[0].labels.get(spec['x_ticks'], x)))
+    cell = cells.setdefault((s, x), Cell([]))
+    members.setdefault((s, x), []).append(labels)
+    values = [r.value for r in group]
+    if all(v is not None for v in values):
+      cell.values.append(statistics.fmean(values))
+    elif average_over:
+      done = sum(v is not None for v in values)
+      missing.append(f'{_describe(labels)}: only {done} of {len(values)} runs over '
+                     f'{"/".join(sorted(average_over))} have results; left out of the mean')
+  if spec.get('x_scale', 'category') != 'category':
+    xs.sort()
+  # 2. Within a cell, only the seed should vary; anything else is mixed up.
+  warnings = []
+  for (s, x), labels_list in members.items():
+    for key in sorted({k for labels in labels_list for k in labels} - {'seed'}):
+      values = {_hashable(labels.get(key)) for labels in labels_list}
+      if len(values) > 1:
+        warnings.append(f'series={s!r} x={x!r} mixes {key}={sorted(map(str, values))}; '
+                        'add it to series/average_over or split the recipe')
+  return Table(xs, series, cells, tick_names, missing, warnings)
+
+
+def _hashable(value: Any) -> Any:
+  return tuple(value) if isinstance(value, list) else value
+
+
+def _describe(labels: Mapping[str, Any]) -> str:
+  return ', '.join(f'{k}={v}' for k, v in labels.items())
+
+
+# -- output ----------------------------------------------------------------------
+def _x_name(table: Table, x: Any) -> str:
+  return table.tick_names.get(x, str(x))
+
+
+def markdown(table: Table, spec: Mapping[str, Any], digits: int = 2) -> str:
+  """Title, finding, the table (series x x: mean ± std (n)) and what is missing."""
+  lines = [f'### {_title(spec)}', '']
+  if spec.get('finding'):
+    lines += ['> ' + ' '.join(spec['finding'].split()), '']
+  x_name = spec.get('x_ticks') or spec['x']
+  corner = f'{spec["series"]} \\ {x_name}' if spec.get('series') else x_name
+  lines.append(f'| {corner} | ' + ' | '.join(_x_name(table, x) for x in table.xs) + ' |')
+  lines.append('|---' * (len(table.xs) + 1) + '|')
+  for s in table.series:
+    row = [table.cells.get((s, x), Cell([])).text(digits) for x in table.xs]
+    lines.append(f'| {s if s is not None else spec.get("ylabel", spec["metric"])} | '
+                 + ' | '.join(row) + ' |')
+  for s, by_x in _reported(spec).items():
+    lines.append(f'| paper: {s if s is not None else ""} | '
+                 + ' | '.join(f'{by_x[x]:.{digits}f}' if x in by_x else '' for x in table.xs)
+                 + ' |')
+  lines += ['', f'Cells: {spec.get("ylabel") or spec["metric"]} (`{spec["metric"]}`), mean ± '
+            'sample standard deviation over seeds (number of seeds)'
+            + (f', each seed the mean over {"/".join(spec["average_over"])}'
+               if spec.get('average_over') else '') + '.']
+  if table.missing:
+    lines += ['', f'Missing ({len(table.missing)}):', ''] + [f'- {m}' for m in table.missing]
+  if table.warnings:
+    lines += ['', 'Warnings:', ''] + [f'- {w}' for w in table.warnings]
+  return '\n'.join(lines) + '\n'
+
+
+def _title(spec: Mapping[str, Any]) -> str:
+  figure = f'Figure {spec["figure"]}: ' if spec.get('figure') else ''
+  return f'{figure}{spec.get("title") or spec.get("recipe", "")}'
+
+
+def _reported(spec: Mapping[str, Any]) -> Dict[Any, Dict[Any, float]]:
+  """The paper's numbers, {series: {x: value}}."""
+  out: Dict[Any, Dict[Any, float]] = {}
+  for entry in spec.get('reported') or []:
+    out.setdefault(entry.get('series'), {})[entry['x']] = float(entry['value'])
+  return out
+
+
+def draw(table: Table, spec: Mapping[str, Any], output: str) -> None:
+  """The figure: lines over a numeric x, grouped bars over a categorical one."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # files only, no display
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  categorical = spec.get('x_scale', 'category') == 'category'
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  reported = _reported(spec)
+  width = 0.8 / max(len(table.series), 1)
+  for i, s in enumerate(table.series):
+    color = colors[i % len(colors)]
+    points = [(j, x, table.cells[(s, x)]) for j, x in enumerate(table.xs)
+              if (s, x) in table.cells and table.cells[(s, x)].n]
+    label = str(s) if s is not None else None
+    if categorical:
+      pos = [j - 0.4 + width * (i + 0.5) for j, _, _ in points]
+      ax.bar(pos, [c.mean for _, _, c in points], width * 0.9, color=color, label=label,
+             yerr=[0.0 if math.isnan(c.std) else c.std for _, _, c in points], capsize=3)
+    else:
+      pos = [x for _, x, _ in points]
+      ax.errorbar(pos, [c.mean for _, _, c in points], capsize=3, marker='o', color=color,
+                  yerr=[0.0 if math.isnan(c.std) else c.std for _, _, c in points], label=label)
+    if s in reported:
+      rx = [(j - 0.4 + width * (i + 0.5)) if categorical else x
+            for j, x in enumerate(table.xs) if x in reported[s]]
+      ax.scatter(rx, [reported[s][x] for x in table.xs if x in reported[s]], marker='D',
+                 facecolors='none', edgecolors=color, zorder=3,
+                 label=f'paper: {s}' if s is not None else 'paper')
+  if categorical:
+    ax.set_xticks(range(len(table.xs)))
+    ax.set_xticklabels([_x_name(table, x) for x in table.xs])
+  else:
+    if spec.get('x_scale') == 'log':
+      ax.set_xscale('log')
+    ax.set_xticks(table.xs)
+    ax.set_xticklabels([_x_name(table, x) for x in table.xs])
+    ax.minorticks_off()
+  ax.set_xlabel(spec.get('x_ticks') or spec['x'])
+  ax.set_ylabel(spec.get('ylabel') or spec['metric'])
+  ax.set_title(_title(spec) + '\n(mean ± std over seeds)', fontsize=10)
+  if spec.get('series') or reported:
+    ax.legend(title=spec.get('series'), fontsize=8)
+  ax.grid(axis='y', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(output, dpi=150)
+  plt.close(fig)
+
+
+# -- command line ----------------------------------------------------------------
+def load_sweep(sweep_dir: str, recipe_path: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(plotting spec, runs {name: {'labels', 'model_dir'}}) of a sweep directory."""
+  if recipe_path:
+    recipe = recipe_lib.load(recipe_path)
+    runs = {r.name: {'labels': r.labels, 'model_dir': sweep_lib.join(sweep_dir, r.name)}
+            for r in recipe.runs}
+    return recipe.plot_spec(), runs
+  path = sweep_lib.join(sweep_dir, sweep_lib.MANIFEST)
+  if not sweep_lib.exists(path):
+    raise recipe_lib.RecipeError(f'No {path}: give the sweep directory tools/sweep.py wrote '
+                                 '(OUT_DIR/<recipe>), or --recipe.')
+  manifest = json.loads(sweep_lib.read_text(path))
+  return manifest, manifest['runs']
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('sweep_dir', help='OUT_DIR/<recipe> of tools/sweep.py')
+  parser.add_argument('--recipe', help='take runs and plotting spec from this recipe instead')
+  parser.add_argument('--output', help='the figure (PNG)')
+  parser.add_argument('--markdown', help='also write the table here')
+  parser.add_argument('--digits', type=int, default=2)
+  args = parser.parse_args(argv)
+  try:
+    spec, runs = load_sweep(args.sweep_dir, args.recipe)
+  except recipe_lib.RecipeError as e:
+    print(f'Error: {e}', file=sys.stderr)
+    return 2
+  table = aggregate(collect(runs, spec['metric']), spec)
+  text = markdown(table, spec, args.digits)
+  print(text, end='', flush=True)
+  if args.markdown:
+    with open(args.markdown, 'w', encoding='utf-8') as f:
+      f.write(text)
+  if table.missing:
+    print(f'{len(table.missing)} missing (listed above).', file=sys.stderr)
+  if not any(c.n for c in table.cells.values()):
+    print('No run has a result yet: nothing to draw.', file=sys.stderr)
+    return 1
+  if args.output:
+    draw(table, spec, args.output)
+    print(f'Wrote {args.output}', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
