@@ -107,7 +107,25 @@ def test_classification_lengths_fit_every_example():
     for ex in demo_world.boolq_examples(WORLD, split, size):
       text = f'boolq passage: {ex["passage"]} question: {ex["question"]}'
       assert len(v.encode(text)) + 1 <= demo_tasks.CLASSIFICATION_LENGTHS['inputs']
+  for split, size in demo_tasks.TASK_SIZES.items():
+    for ex in demo_world.genre_examples(WORLD, split, size):
+      assert len(v.encode(f'genre text: {ex["text"]}')) + 1 <= (
+          demo_tasks.CLASSIFICATION_LENGTHS['inputs'])
   assert len(v.encode('not_entailment')) + 1 <= demo_tasks.CLASSIFICATION_LENGTHS['targets']
+
+
+def test_genre_labels_name_the_kind_of_document():
+  examples = demo_world.genre_examples(WORLD, 'validation', 400)
+  for ex in examples:
+    genre, text = demo_world.GENRES[ex['label']], ex['text']
+    # Hand-written marks of each kind: letters open with 'Dear', quizzes end
+    # with a yes/no answer, stories start with a meeting or a visit.
+    assert text.startswith('Dear ') == (genre == 'letter'), ex
+    assert bool(re.search(r'\? (yes|no|Yes|No)\.$', text)) == (genre == 'quiz'), ex
+    if genre == 'story':
+      assert re.search(r'\b(visited|travelled|met)\b', text.split('.')[0]), ex
+  counts = np.bincount([ex['label'] for ex in examples], minlength=4)
+  assert counts.min() > 70  # balanced: 100 each on average
 
 
 def test_span_corruption_of_a_demo_sentence_by_hand():

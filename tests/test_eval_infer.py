@@ -275,3 +275,15 @@ def test_configuration_errors_exit_with_one_line(tmp_path):
     cli.call_reporting_configuration_errors(missing)
   with pytest.raises(ZeroDivisionError):  # a bug still shows its traceback
     cli.call_reporting_configuration_errors(lambda: 1 / 0)
+
+
+def test_rank_classification_labels_may_hold_a_sentinel():
+  from prompt_tuning.data import demo_tasks  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.evaluation import InferenceEvaluator  # pylint: disable=g-import-not-at-top
+  v = vocab.get_vocabulary()
+  evaluator = InferenceEvaluator(
+      'taskless_demo_world_boolq_sentinel', {'inputs': 8, 'targets': 4}, 2,
+      rank_classification_labels=['<extra_id_0> no', 'yes'])
+  # By hand: sentinel 0 is the last real id, 32099; then the word's pieces, EOS.
+  assert evaluator._label_tokens() == [[32099] + v.encode('no') + [1], v.encode('yes') + [1]]

@@ -9,6 +9,8 @@ download, no files):
   taskless_demo_world_boolq      in the three forms of `task_utils`
   taskless_demo_world_boolq_sentinel
   demo_world_rte               RTE-like entailment, same three forms
+  demo_world_genre             which kind of document a text is (4 classes),
+                                 'genre text: ...', same three forms
   ...
 
 The classification tasks are built exactly as SuperGLUE's (the same `glue`
@@ -38,8 +40,9 @@ TASK_SIZES = {'train': 5_000, 'validation': 1_000, 'test': 1_000}
 CORPUS = 'demo_world'
 BOOLQ = 'demo_world_boolq'
 RTE = 'demo_world_rte'
-# Lengths that fit every example (the longest input is 110 tokens with EOS).
-CLASSIFICATION_LENGTHS = {'inputs': 112, 'targets': 8}
+GENRE = 'demo_world_genre'
+# Lengths that fit every example (the longest input is 115 tokens with EOS).
+CLASSIFICATION_LENGTHS = {'inputs': 120, 'targets': 8}
 LM_LENGTHS = {'inputs': 64, 'targets': 64}
 
 
@@ -49,7 +52,8 @@ def _examples(kind: str, split: str) -> Dict[str, List]:
   world = demo_world.make_world(WORLD_SEED)
   if kind == 'corpus':
     return {'text': demo_world.corpus(world, split, CORPUS_SIZES[split])}
-  make = {'boolq': demo_world.boolq_examples, 'rte': demo_world.rte_examples}[kind]
+  make = {'boolq': demo_world.boolq_examples, 'rte': demo_world.rte_examples,
+          'genre': demo_world.genre_examples}[kind]
   rows = make(world, split, TASK_SIZES[split])
   return {key: [row[key] for row in rows] for key in rows[0]}
 
@@ -68,7 +72,8 @@ def register() -> None:
     task_utils.add_task(f'{CORPUS}_{objective}', corpus,
                         lm_tasks.objective_preprocessors(objective))
   for name, kind, labels in ((BOOLQ, 'boolq', demo_world.BOOLQ_LABELS),
-                             (RTE, 'rte', demo_world.RTE_LABELS)):
+                             (RTE, 'rte', demo_world.RTE_LABELS),
+                             (GENRE, 'genre', demo_world.GENRES)):
     task_utils.add_forms(
         name, _source(kind, TASK_SIZES),
         [functools.partial(preprocessors.glue, benchmark_name=kind, label_names=labels)],

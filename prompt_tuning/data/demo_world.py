@@ -19,11 +19,12 @@ mixes kinds of page:
   faq       "Does Anna live in Paris? Yes, she does. Is Anna a pilot? No, ..."
   quiz      "Anna lives in Paris. ... Ben has a cat. does Ben have a dog? no."
 
-The two classification tasks, in SuperGLUE's feature layout, ask about the
-facts a passage states:
+The classification tasks, in (Super)GLUE's feature layout: two ask about the
+facts a passage states, one about the kind of document:
 
   BoolQ-like  {passage, question, label 0=no 1=yes}
   RTE-like    {premise, hypothesis, label 0=entailment 1=not_entailment}
+  genre       {text, label: profile, story, letter, quiz (balanced)}
 
 Each task example draws a passage about 2-3 people (the facts in it are the
 world's), and a question or hypothesis about one of them that is true or
@@ -33,7 +34,7 @@ not give the answer away; the passage does.
 """
 import dataclasses
 import random
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 NAMES = (
     'Anna', 'Ben', 'Clara', 'David', 'Emma', 'Frank', 'Grace', 'Henry', 'Julia',
@@ -57,6 +58,7 @@ GIFTS = ('a book', 'a cake', 'a lamp', 'a hat', 'a letter', 'some flowers', 'a m
 ATTRIBUTES = ('city', 'job', 'pet', 'colour')
 SPLITS = ('train', 'validation', 'test')
 BOOLQ_LABELS = ('no', 'yes')
+GENRES = ('profile', 'story', 'letter', 'quiz')
 RTE_LABELS = ('entailment', 'not_entailment')
 
 
@@ -155,8 +157,10 @@ def _question(rng: random.Random, person: Person, attribute: str, truth: bool) -
   return rng.choice(_QUESTIONS[attribute]).format(n=person.name, v=value)
 
 
-def _document(rng: random.Random, world: World) -> str:
-  kind = rng.choice(('profile', 'story', 'letter', 'faq', 'quiz', 'quiz'))
+def _document(rng: random.Random, world: World, kind: Optional[str] = None) -> str:
+  """A document of `kind` (drawn with the corpus's mix when None)."""
+  if kind is None:
+    kind = rng.choice(('profile', 'story', 'letter', 'faq', 'quiz', 'quiz'))
   person = rng.choice(world.people)
   if kind == 'profile':
     sentences = _profile(rng, person)[0]
@@ -227,30 +231,42 @@ def _passage(rng: random.Random, world: World) -> Tuple[str, List[Tuple[Person, 
   return ' '.join(sentences), stated
 
 
-def boolq_examples(world: World, split: str, num_examples: int) -> List[Dict]:
-  """BoolQ-like: {'passage', 'question', 'label' (1 = yes), 'idx'}."""
-  rng = _rng(world, 'boolq', split)
+def _claims(world: World, purpose: str, split: str, num_examples: int,
+            make: Callable[[random.Random, str, Person, str, bool], Dict]) -> List[Dict]:
+  """`make(rng, passage, person, attribute, truth)` for random stated facts, with 'idx'."""
+  rng = _rng(world, purpose, split)
   examples = []
   for idx in range(num_examples):
     passage, stated = _passage(rng, world)
     person, attribute = rng.choice(stated)
-    truth = rng.random() < 0.5
-    examples.append({'passage': passage, 'question': _question(rng, person, attribute, truth),
-                     'label': int(truth), 'idx': idx})
+    examples.append({**make(rng, passage, person, attribute, rng.random() < 0.5),
+                     'idx': idx})
   return examples
+
+
+def boolq_examples(world: World, split: str, num_examples: int) -> List[Dict]:
+  """BoolQ-like: {'passage', 'question', 'label' (1 = yes), 'idx'}."""
+  def make(rng, passage, person, attribute, truth):
+    return {'passage': passage, 'question': _question(rng, person, attribute, truth),
+            'label': int(truth)}
+  return _claims(world, 'boolq', split, num_examples, make)
 
 
 def rte_examples(world: World, split: str, num_examples: int) -> List[Dict]:
   """RTE-like: {'premise', 'hypothesis', 'label' (0 = entailment), 'idx'}."""
-  rng = _rng(world, 'rte', split)
-  examples = []
-  for idx in range(num_examples):
-    premise, stated = _passage(rng, world)
-    person, attribute = rng.choice(stated)
-    truth = rng.random() < 0.5
+  def make(rng, passage, person, attribute, truth):
     claimed = person if truth else dataclasses.replace(
         person, **{attribute: _other_value(rng, person, attribute)})
-    examples.append({'premise': premise,
-                     'hypothesis': _fact(rng, claimed, attribute, pronoun=False),
-                     'label': 0 if truth else 1, 'idx': idx})
+    return {'premise': passage, 'hypothesis': _fact(rng, claimed, attribute, pronoun=False),
+            'label': 0 if truth else 1}
+  return _claims(world, 'rte', split, num_examples, make)
+
+
+def genre_examples(world: World, split: str, num_examples: int) -> List[Dict]:
+  """Genre classification, one document: {'text', 'label' (index in GENRES), 'idx'}."""
+  rng = _rng(world, 'genre', split)
+  examples = []
+  for idx in range(num_examples):
+    label = rng.randrange(len(GENRES))
+    examples.append({'text': _document(rng, world, GENRES[label]), 'label': label, 'idx': idx})
   return examples

@@ -13,6 +13,7 @@ every evaluation of a run, the eval CLI and the infer CLI.
 """
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -21,6 +22,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import predict
 from prompt_tuning.infer import prompt_bank
 from prompt_tuning.train.step import batch_loss
@@ -132,9 +134,22 @@ class InferenceEvaluator:
             for task, values in results.items()}
 
   def _label_tokens(self) -> List[List[int]]:
+    """Each label's target ids with EOS; '<extra_id_k>' in a label is sentinel k.
+
+    SentencePiece alone would spell a sentinel out piece by piece, so the
+    sentinel form's labels ('<extra_id_0> entailment') are split around them.
+    """
     vocabulary = seqio.get_mixture_or_task(self.task_name).output_features['targets'].vocabulary
-    return [list(vocabulary.encode(label)) + [vocabulary.eos_id]
-            for label in self.rank_classification_labels]
+    def encode(label: str) -> List[int]:
+      ids = []
+      for part in re.split(r'(<extra_id_\d+>)', label):
+        sentinel = re.fullmatch(r'<extra_id_(\d+)>', part)
+        if sentinel:
+          ids.append(vocab_lib.sentinel_id(int(sentinel[1]), vocabulary))
+        elif part.strip():
+          ids.extend(vocabulary.encode(part.strip()))
+      return ids + [vocabulary.eos_id]
+    return [encode(label) for label in self.rank_classification_labels]
 
   def _jitted(self, model: nn.Module, kind: str) -> Callable:
     labels = (tuple(map(tuple, self._label_tokens())) if kind == 'rank' else None)
