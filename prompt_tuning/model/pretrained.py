@@ -21,6 +21,9 @@ import posixpath
 import re
 from typing import Any, Dict, List, Tuple
 
+import jax
+import numpy as np
+
 from prompt_tuning.model import hf_checkpoint
 from prompt_tuning.model import t5x_checkpoint
 from prompt_tuning.model.config import T5Config
@@ -165,15 +168,9 @@ def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
     params = checkpoints.read_trainable(path)['params']
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable state/ ({e})') from e
-  params = _float32_tree(params)
+  # read_trainable already gives numpy arrays; the contract is float32.
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   return T5Config(**metadata['model_config']), params
-
-
-def _float32_tree(tree: Any) -> Any:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if isinstance(tree, dict):
-    return {k: _float32_tree(v) for k, v in tree.items()}
-  return np.asarray(tree, np.float32)
 
 
 __all__ = ['ACCEPTED', 'CheckpointError', 'detect_format',
