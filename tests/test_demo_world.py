@@ -128,6 +128,26 @@ def test_genre_labels_name_the_kind_of_document():
   assert counts.min() > 70  # balanced: 100 each on average
 
 
+def test_corpus_names_the_kind_of_half_its_documents_and_the_task_never_does():
+  # The frozen model learns the genre task's label words from these mentions;
+  # the task's own texts must not contain them, or the task would be copying.
+  mention = re.compile(r'^(?:A|The) (profile|story|letter|quiz|faq): |'
+                       r' (?:This is a|That was a) (profile|story|letter|quiz|faq)\.$|'
+                       r' \(a (profile|story|letter|quiz|faq)\)$')
+  docs = demo_world.corpus(WORLD, 'train', 1000)
+  named = [m for m in map(mention.search, docs) if m]
+  assert 400 < len(named) < 600
+  # Each mention names the document's real kind, told by its marks.
+  for doc in docs:
+    m = mention.search(doc)
+    if m and 'letter' in m.groups():
+      assert 'Dear ' in doc
+    if m and 'quiz' in m.groups():
+      assert re.search(r'\? (yes|no|Yes|No)\.', doc)
+  for ex in demo_world.genre_examples(WORLD, 'train', 1000):
+    assert not mention.search(ex['text']), ex
+
+
 def test_span_corruption_of_a_demo_sentence_by_hand():
   v = vocab.get_vocabulary()
   tokens = v.encode('Anna lives in Paris.')

@@ -19,6 +19,11 @@ mixes kinds of page:
   faq       "Does Anna live in Paris? Yes, she does. Is Anna a pilot? No, ..."
   quiz      "Anna lives in Paris. ... Ben has a cat. does Ben have a dog? no."
 
+Half the corpus's documents also name their kind ("A letter: Dear Ben, ..."
+or "... This is a story."), the way web pages carry titles and section
+names: that is where a model pre-trained on the corpus learns the genre
+task's label words. The genre task's texts never name their kind.
+
 The classification tasks, in (Super)GLUE's feature layout: two ask about the
 facts a passage states, one about the kind of document:
 
@@ -34,7 +39,7 @@ not give the answer away; the passage does.
 """
 import dataclasses
 import random
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 NAMES = (
     'Anna', 'Ben', 'Clara', 'David', 'Emma', 'Frank', 'Grace', 'Henry', 'Julia',
@@ -157,10 +162,13 @@ def _question(rng: random.Random, person: Person, attribute: str, truth: bool) -
   return rng.choice(_QUESTIONS[attribute]).format(n=person.name, v=value)
 
 
-def _document(rng: random.Random, world: World, kind: Optional[str] = None) -> str:
-  """A document of `kind` (drawn with the corpus's mix when None)."""
-  if kind is None:
-    kind = rng.choice(('profile', 'story', 'letter', 'faq', 'quiz', 'quiz'))
+# How the corpus names a document's kind, before or after its text.
+_KIND_HEADINGS = ('A {kind}: ', 'The {kind}: ')
+_KIND_ENDINGS = (' This is a {kind}.', ' That was a {kind}.', ' (a {kind})')
+
+
+def _document(rng: random.Random, world: World, kind: str) -> str:
+  """A document of `kind` (one of GENRES or 'faq'), not naming its kind."""
   person = rng.choice(world.people)
   if kind == 'profile':
     sentences = _profile(rng, person)[0]
@@ -218,7 +226,17 @@ def _rng(world: World, purpose: str, split: str) -> random.Random:
 def corpus(world: World, split: str, num_documents: int) -> List[str]:
   """`num_documents` documents (strings of 3-12 sentences) about `world`."""
   rng = _rng(world, 'corpus', split)
-  return [_document(rng, world) for _ in range(num_documents)]
+  documents = []
+  for _ in range(num_documents):
+    kind = rng.choice(('profile', 'story', 'letter', 'faq', 'quiz', 'quiz'))
+    text = _document(rng, world, kind)
+    if rng.random() < 0.5:
+      if rng.random() < 0.5:
+        text = rng.choice(_KIND_HEADINGS).format(kind=kind) + text
+      else:
+        text += rng.choice(_KIND_ENDINGS).format(kind=kind)
+    documents.append(text)
+  return documents
 
 
 def _passage(rng: random.Random, world: World) -> Tuple[str, List[Tuple[Person, str]]]:
