@@ -203,6 +203,21 @@ def test_evaluation_during_training_keeps_the_best_checkpoint(tmp_path, random_t
   assert list((model_dir / 'training_eval' / 'fixture_sentiment').glob('events.out.*'))
 
 
+def test_eval_before_training_scores_the_untrained_prompt(tmp_path, random_tiny_hf):
+  # With a learning rate of 0 the prompt never moves, so the evaluation before
+  # the first step and the one after the last must agree exactly.
+  model_dir = tmp_path / 'run'
+  _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf, model_dir, steps=5,
+                          base_step=0, extra=['--gin.EVAL_PERIOD=5', '--gin.EVAL_STEPS=1',
+                                              '--gin.CHECKPOINT_PERIOD=5',
+                                              '--gin.optimizers.Adafactor.learning_rate=0.0',
+                                              '--gin.trainer.train.run_eval_before_training=True']))
+  lines = (model_dir / 'inference_eval' / 'fixture_sentiment-metrics.jsonl').read_text()
+  records = [json.loads(line) for line in lines.splitlines()]
+  assert [r['step'] for r in records] == [0, 5]
+  assert records[0]['accuracy'] == records[1]['accuracy']
+
+
 def test_rank_classification_evaluation_predicts_only_labels(tmp_path, random_tiny_hf):
   from prompt_tuning.train import evaluation  # pylint: disable=g-import-not-at-top
   state = _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf,

@@ -114,6 +114,7 @@ def train(*,
           num_microbatches: Optional[int] = None,
           eval_period: Optional[int] = None,
           eval_steps: int = 20,
+          run_eval_before_training: bool = False,
           inference_evaluator: Optional[evaluation.InferenceEvaluator] = None,
           partitioner: Optional[partitioning.Partitioner] = None
           ) -> TrainState:
@@ -123,6 +124,9 @@ def train(*,
   `eval_steps` batches, and, given an `inference_evaluator`, the task's
   metrics; the checkpoint with the best mean metric is also kept in
   MODEL_DIR/best/ (the paper's early stopping).
+
+  `run_eval_before_training` (T5X's): evaluate once before the first step,
+  e.g. to see what the untuned prompt scores.
 
   `partitioner` (default: data parallelism over every device) places the
   variables, optimizer state and batches on its ('data', 'model') mesh.
@@ -231,6 +235,8 @@ def train(*,
                              'opt_state': state.opt_state}, metadata(step))
     logging.info('Saved %s', checkpointer.step_dir(step))
 
+  if run_eval_before_training and eval_period:
+    evaluate(start_step)
   window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
   for step in range(start_step, train_steps):
     batch = next(batches)
