@@ -2,12 +2,13 @@
 
     python tools/demo.py [--model_dir runs/demo] [--gin.NAME=VALUE ...]
 
-Runs gin/demo/prompt_tune.gin (a 20-token prompt on the BoolQ-like task of
-the demo world, against the frozen LM-adapted demo model shipped in
+Runs gin/demo/prompt_tune.gin (a 20-token prompt on the genre task of the
+demo world, against the frozen LM-adapted demo model shipped in
 prompt_tuning/assets/demo_world_t5), then prints:
 
-  * the best validation accuracy and, beside it, the majority-class baseline
-    of the same validation split;
+  * the validation accuracy of the untuned prompt (step 0), of every
+    evaluation, and of the best checkpoint, beside the majority-class
+    baseline of the same validation split;
   * each prompt position's nearest vocabulary tokens (the paper's section 7);
   * where everything was written (checkpoints, prompt.npy, metrics, TensorBoard).
 
@@ -59,7 +60,10 @@ def main() -> None:
   unknown = [b for b in bindings if not b.startswith('--gin_bindings=')]
   if unknown:
     parser.error(f'unrecognized arguments: {unknown}')
-  gin_utils.parse_gin([GIN_FILE], [f"MODEL_DIR = '{args.model_dir}'"] + gin_bindings)
+  # Also score the untuned prompt (step 0), to show what tuning added.
+  gin_utils.parse_gin([GIN_FILE], [f"MODEL_DIR = '{args.model_dir}'",
+                                   'trainer.train.run_eval_before_training = True'] +
+                      gin_bindings)
   task = gin_utils.macro('MIXTURE_OR_TASK_NAME')
   base = gin_utils.macro('INITIAL_CHECKPOINT_PATH')
 
@@ -76,6 +80,11 @@ def main() -> None:
     best = json.load(f)
   accuracy = best['metrics'][task]['accuracy']
   baseline = majority_baseline(task)
+  with open(os.path.join(args.model_dir, 'inference_eval', f'{task}-metrics.jsonl')) as f:
+    history = {}  # step -> accuracy; a resumed run's re-evaluations replace earlier ones
+    for line in f:
+      record = json.loads(line)
+      history[record['step']] = record['accuracy']
 
   prompt = read_prompt(os.path.join(args.model_dir, 'best'))
   _, params = load_pretrained(base)
@@ -86,6 +95,9 @@ def main() -> None:
   print(f'\n=== Prompt tuning demo: {task} (frozen {base}) ===')
   print(f'validation accuracy   {accuracy:.1f}%  (best of the run, step {best["step"]})')
   print(f'majority-class guess  {baseline:.1f}%')
+  print('by step               ' + ', '.join(
+      f'{step}: {history[step]:.1f}%' for step in sorted(history)) +
+        '  (step 0: the untuned prompt)')
   print(f'run time              {minutes:.1f} min')
   print(f'\nNearest vocabulary tokens of each of the {len(prompt)} prompt vectors '
         '(cosine similarity):')
