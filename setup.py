@@ -20,18 +20,18 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5",
     "clu>=0.0.12",
     "tensorboard>=2.16",
+    # Hugging Face T5 folders (config.json + model.safetensors), among them
+    # the shipped demo model that the README's main command tunes.
+    "safetensors>=0.4",
     # tools/plot.py: the ablation figures of configs/ sweeps.
     "matplotlib>=3.7",
 ]
 
 EXTRAS_REQUIRE = {
-    # Reading and writing Hugging Face T5 folders (config.json + safetensors).
-    "hf": ["safetensors>=0.4"],
     # The test suite, including parity against Hugging Face's PyTorch T5.
     # torch is pinned to the CPU build these machines carry locally.
     "test": [
         "pytest>=8",
-        "safetensors>=0.4",
         "transformers>=4.40",
         "torch==2.13.0",
         # The T5 library itself is installed without its dependencies (see the
