@@ -30,6 +30,7 @@ from prompt_tuning.train import checkpoints
 from prompt_tuning.train import partitioning
 
 import mesh_runs as mesh_runs_lib  # tests/, on the path as pytest's rootdir
+from model_gins import model_gin
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
@@ -40,22 +41,7 @@ STEPS = 3
 # 2 heads on 4 partitions: rel_embedding [heads, buckets] is then replicated.
 CONFIG = T5Config(vocab_size=32128, emb_dim=64, num_heads=2, num_encoder_layers=1,
                   num_decoder_layers=1, head_dim=32, mlp_dim=128, dropout_rate=0.0)
-MODEL_GIN = """
-from __gin__ import dynamic_registration
-from prompt_tuning.model import config
-DROPOUT_RATE = 0.0
-MODEL_CONFIG = @config.T5Config()
-config.T5Config:
-  vocab_size = 32128
-  emb_dim = 64
-  num_heads = 2
-  num_encoder_layers = 1
-  num_decoder_layers = 1
-  head_dim = 32
-  mlp_dim = 128
-  dropout_rate = %DROPOUT_RATE
-  dtype = 'float32'
-"""
+MODEL_GIN = model_gin(CONFIG)
 
 
 def _partitioner() -> partitioning.Partitioner:

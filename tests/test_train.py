@@ -14,30 +14,19 @@ import pytest
 import tensorflow as tf
 
 from prompt_tuning import gin_utils
-from prompt_tuning.model import load_pretrained
+from prompt_tuning.model import T5Config, load_pretrained
 from prompt_tuning.train import trainer
+
+from model_gins import model_gin  # tests/, on the path as pytest's rootdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
 BASE_STEP = 3  # the tiny T5X checkpoint is checkpoint_3
 
 # The shape of T5X's tiny test checkpoint in shared/data.
-TINY_T5X_GIN = """
-from __gin__ import dynamic_registration
-from prompt_tuning.model import config
-DROPOUT_RATE = 0.0
-MODEL_CONFIG = @config.T5Config()
-config.T5Config:
-  vocab_size = 32128
-  emb_dim = 4
-  num_heads = 2
-  num_encoder_layers = 2
-  num_decoder_layers = 2
-  head_dim = 2
-  mlp_dim = 8
-  dropout_rate = %DROPOUT_RATE
-  relative_attention_num_buckets = 4
-"""
+TINY_T5X_GIN = model_gin(T5Config(emb_dim=4, num_heads=2, num_encoder_layers=2,
+                                  num_decoder_layers=2, head_dim=2, mlp_dim=8,
+                                  dropout_rate=0.0, relative_attention_num_buckets=4))
 
 
 @pytest.fixture
