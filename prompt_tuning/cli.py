@@ -40,7 +40,7 @@ def is_configuration_error(error: BaseException) -> bool:
   if isinstance(error, (gin_utils.ConfigurationError, FileNotFoundError)):
     return True
   # Checkpoint-compatibility errors (e.g. a fingerprint mismatch) say what to fix.
-  from prompt_tuning.train.checkpoints import FingerprintMismatchError  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model.checkpoints import FingerprintMismatchError  # pylint: disable=g-import-not-at-top
   if isinstance(error, FingerprintMismatchError):
     return True
   if isinstance(error, IOError) and 'gin' in str(error).lower():

@@ -73,8 +73,8 @@ def main() -> None:
 
   from prompt_tuning.data.vocab import get_vocabulary  # pylint: disable=g-import-not-at-top
   from prompt_tuning.model import load_pretrained  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.prompts.neighbors import describe, nearest_neighbors  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.checkpoints import read_prompt  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.infer.neighbors import describe, nearest_neighbors  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.deltas import read_prompt  # pylint: disable=g-import-not-at-top
   best_file = os.path.join(args.model_dir, 'best', 'best.json')
   with open(best_file) as f:
     best = json.load(f)

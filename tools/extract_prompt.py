@@ -9,7 +9,8 @@ import argparse
 
 import numpy as np
 
-from prompt_tuning.train.checkpoints import read_prompt, resolve_checkpoint
+from prompt_tuning.deltas import read_prompt
+from prompt_tuning.model.checkpoints import resolve_checkpoint
 
 
 def main() -> None:

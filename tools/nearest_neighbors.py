@@ -10,8 +10,8 @@ import argparse
 
 from prompt_tuning.data.vocab import get_vocabulary
 from prompt_tuning.model import load_pretrained
-from prompt_tuning.prompts.neighbors import describe, nearest_neighbors
-from prompt_tuning.train.checkpoints import read_prompt
+from prompt_tuning.infer.neighbors import describe, nearest_neighbors
+from prompt_tuning.deltas import read_prompt
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ class Cell:
 def mean_metric(results: Mapping[str, Mapping[str, float]]) -> float:
   """The mean over tasks of each task's mean metric.
 
-  The same rule as prompt_tuning.train.evaluation.mean_metric (repeated here
+  The same rule as prompt_tuning.data.metrics.mean_metric (repeated here
   so plotting does not import JAX and TensorFlow).
   """
   per_task = [statistics.fmean(m.values()) for m in results.values() if m]

@@ -206,3 +206,14 @@ def super_glue_average(results: Mapping[Hashable, Mapping[str, float]]) -> float
 def _check_lengths(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
   if len(targets) != len(predictions):
     raise ValueError(f'{len(targets)} targets but {len(predictions)} predictions.')
+
+
+def mean_metric(results: Mapping[str, Mapping[str, float]]) -> float:
+  """One number for early stopping: the mean over tasks of each task's mean metric.
+
+  T5's SuperGLUE score is computed this way; a task with one metric counts it.
+  """
+  per_task = [float(np.mean(list(m.values()))) for m in results.values() if m]
+  if not per_task:
+    raise ValueError('No metrics to select a checkpoint by.')
+  return float(np.mean(per_task))

@@ -5,8 +5,8 @@ As `t5x.infer`, two modes:
 * `predict`: decode every example (greedy, beam search or sampling, see
   `predict.DecodingConfig`); each line holds the input text, the prediction,
   the postprocessed prediction when the task has a postprocessor, and the
-  target. With several prompts, every example runs once per prompt in the
-  same pass and the prediction is their majority vote.
+  target. With several prompts (a bank), every example runs once per member
+  in the same pass and the prediction is their majority vote.
 * `score`: the log-likelihood of each example's target (summed over target
   tokens, T5X's `score_batch`); with several prompts, the mean over them.
 
@@ -27,12 +27,12 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from prompt_tuning.data import lookup
 from prompt_tuning.gin_utils import ConfigurationError
+from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import loading
 from prompt_tuning.infer import predict
-from prompt_tuning.infer import prompt_bank
-from prompt_tuning.train import data
-from prompt_tuning.train.evaluation import FEATURE_CONVERTER, padded_batches
+from prompt_tuning.infer.evaluation import FEATURE_CONVERTER, padded_batches
 
 MODES = ('predict', 'score')
 
@@ -58,7 +58,7 @@ def _jsonable(value: Any) -> Any:
 
 def _make_run(mode: str, model: nn.Module, max_length: int,
               decoding: predict.DecodingConfig) -> Callable:
-  """The jitted pass, `bank` None or [N, P, d] (an ensemble: rows [b * N]).
+  """The jitted pass, `bank` None or a stacked bank of N (an ensemble: rows [b * N]).
 
   predict: (variables, bank, tokens [b, L], rng) -> tokens [b(*N), max_length];
   score: (variables, bank, tokens [b, L], targets [b, T]) -> scores [b(*N)].
@@ -66,11 +66,11 @@ def _make_run(mode: str, model: nn.Module, max_length: int,
   if mode == 'predict':
     def run(variables, bank, tokens, rng):
       fn = lambda v, x: predict.decode(model, v, x, max_length, decoding, rng)
-      return prompt_bank.run_ensemble(fn, variables, bank, tokens)
+      return bank_lib.run_ensemble(fn, variables, bank, tokens)
   else:
     def run(variables, bank, tokens, targets):
       fn = lambda v, x, y: predict.score(model, v, x, y)
-      return prompt_bank.run_ensemble(fn, variables, bank, tokens, targets)
+      return bank_lib.run_ensemble(fn, variables, bank, tokens, targets)
   return jax.jit(run)
 
 
@@ -91,8 +91,8 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
   inputs_vocab = task.output_features['inputs'].vocabulary
   targets_vocab = task.output_features['targets'].vocabulary
   run = _make_run(mode, loaded.model, lengths['targets'], decoding)
-  bank = loaded.prompt_bank
-  copies = 1 if bank is None else len(bank)
+  bank = loaded.bank
+  copies = 1 if bank is None else bank_lib.size(bank)
   base_rng = jax.random.PRNGKey(seed)
 
   count, start = 0, time.perf_counter()
@@ -100,7 +100,7 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
     tokens = features['encoder_input_tokens']
     if mode == 'predict':
       out = np.asarray(run(loaded.variables, bank, tokens, jax.random.fold_in(base_rng, number)))
-      out = prompt_bank.vote_rows(out, copies) if copies > 1 else out
+      out = bank_lib.vote_rows(out, copies) if copies > 1 else out
     else:
       out = np.asarray(run(loaded.variables, bank, tokens, features['decoder_target_tokens']))
       out = out.reshape(-1, copies).mean(axis=1)  # the mean over prompts
@@ -166,12 +166,12 @@ def infer(*, mode: str = 'predict',
   """
   if mode not in MODES:
     raise ConfigurationError(f"INFER_MODE must be 'predict' or 'score', not {mode!r}.")
-  data.import_task_module(mixture_or_task_module)
-  provider = data.get_task(mixture_or_task_name)
-  data.check_vocabulary(provider, model.config.vocab_size)
+  lookup.import_task_module(mixture_or_task_module)
+  provider = lookup.get_task(mixture_or_task_name)
+  lookup.check_vocabulary(provider, model.config.vocab_size)
   loaded = loading.VariableLoader(model, initial_checkpoint_path).load(
       checkpoint_path, prompt_files)
-  ensemble = '' if loaded.prompt_bank is None else f' (ensemble of {len(loaded.prompt_bank)})'
+  ensemble = '' if loaded.bank is None else f' (ensemble of {bank_lib.size(loaded.bank)})'
   logging.info('Inference (%s) with %s%s', mode, loaded.source, ensemble)
 
   written = {}

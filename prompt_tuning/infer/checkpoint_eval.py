@@ -13,11 +13,12 @@ import flax.linen as nn
 import gin
 from absl import logging
 
+from prompt_tuning.data import lookup
 from prompt_tuning.gin_utils import ConfigurationError
+from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import loading
-from prompt_tuning.train import checkpoints
-from prompt_tuning.train import data
-from prompt_tuning.train.evaluation import InferenceEvaluator
+from prompt_tuning.infer.evaluation import InferenceEvaluator
+from prompt_tuning.model import checkpoints
 
 Results = Dict[str, Dict[str, float]]
 
@@ -43,8 +44,8 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
   """Evaluates every checkpoint (or the prompt ensemble); returns {step: {task: metrics}}.
 
   Args:
-    model: the configured model (MODEL); its prompt length follows the
-      loaded prompt.
+    model: the configured model (MODEL): the backbone; the deltas are
+      rebuilt from each checkpoint's record.
     evaluator: the task, split, batch size, decoding or rank classification,
       and the output directory (its `log_dir`, EVAL_OUTPUT_DIR).
     checkpoint_path: a `checkpoint_<step>`, a directory of them (all are
@@ -59,16 +60,16 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
   """
   if not evaluator.log_dir:
     raise ConfigurationError('Set EVAL_OUTPUT_DIR, where the metrics are written.')
-  data.import_task_module(mixture_or_task_module)
-  data.check_vocabulary(data.get_task(evaluator.task_name), model.config.vocab_size)
+  lookup.import_task_module(mixture_or_task_module)
+  lookup.check_vocabulary(lookup.get_task(evaluator.task_name), model.config.vocab_size)
   loader = loading.VariableLoader(model, initial_checkpoint_path)
   results: Dict[Optional[int], Results] = {}
   for loaded in _sources(loader, checkpoint_path, prompt_files):
-    ensemble = '' if loaded.prompt_bank is None else f' (ensemble of {len(loaded.prompt_bank)})'
+    ensemble = '' if loaded.bank is None else f' (ensemble of {bank_lib.size(loaded.bank)})'
     logging.info('Evaluating %s%s on %s/%s', loaded.source, ensemble, evaluator.task_name,
                  evaluator.split)
     results[loaded.step] = evaluator.evaluate(loaded.model, loaded.variables, loaded.step,
-                                              loaded.prompt_bank)
+                                              loaded.bank)
     logging.info('step %s: %s', loaded.step, results[loaded.step])
   logging.info('Metrics written to %s', evaluator.log_dir)
   return results

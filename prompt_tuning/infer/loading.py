@@ -1,33 +1,39 @@
-"""The variables inference runs on: a delta checkpoint, a prompt file, or a prompt bank.
+"""The variables inference runs on: a delta checkpoint, a prompt file, or a bank of them.
 
     loader = VariableLoader(model, initial_checkpoint_path=None)
     loaded = loader.checkpoint('/runs/rte/checkpoint_1103000')  # or a MODEL_DIR (latest)
-    loaded = loader.prompts(['/prompts/rte.npy'])               # needs INITIAL_CHECKPOINT_PATH
-    loaded = loader.prompts(['a.npy', 'b.npy', '/runs/rte'])    # a bank [3, P, d]: an ensemble
+    loaded = loader.members(['/prompts/rte.npy'])               # needs INITIAL_CHECKPOINT_PATH
+    loaded = loader.members(['a.npy', 'b.npy', '/runs/rte'])    # a bank of 3: an ensemble
     logits = loaded.model.apply(loaded.variables, ...)
 
-A delta checkpoint holds only what training changed, so the frozen backbone
-is read from the base checkpoint its metadata names, or from
+Every checkpoint loads the same way, whatever its method: the model is
+rebuilt from the deltas the checkpoint records (on the configured
+backbone), and the variables are the frozen base merged with the
+checkpoint's delta. A delta checkpoint holds only what training changed,
+so the base is read from the checkpoint its metadata names, or from
 INITIAL_CHECKPOINT_PATH when that is given (the base moved, or is mounted
-elsewhere). Either way the backbone must have the fingerprint recorded at
-training time: a prompt is meaningless on another model. A bare `.npy`
-prompt records no base, so INITIAL_CHECKPOINT_PATH is required for it.
+elsewhere); either way it must have the fingerprint recorded at training
+time. A model-tuning checkpoint holds the whole backbone and needs no base.
+A bare `.npy` prompt records no base, so INITIAL_CHECKPOINT_PATH is required
+for it. Checkpoints written before deltas existed load too (their prompt is
+recognised by its path).
 """
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import flax.linen as nn
 import numpy as np
 from absl import logging
 
+from prompt_tuning.deltas import PromptTuning, paths
+from prompt_tuning.deltas import prompt as prompt_lib
+from prompt_tuning.deltas.records import recorded_deltas
 from prompt_tuning.gin_utils import ConfigurationError
-from prompt_tuning.infer import prompt_bank
+from prompt_tuning.infer import bank as bank_lib
+from prompt_tuning.model import checkpoints
 from prompt_tuning.model import load_pretrained
 from prompt_tuning.model import pretrained
-from prompt_tuning.model.param_shapes import check_params
+from prompt_tuning.model.param_shapes import check_params, expected_shapes, flatten_tree
 from prompt_tuning.model.t5 import Transformer
-from prompt_tuning.prompts.prompt import PromptTransformer
-from prompt_tuning.train import checkpoints
 
 Variables = Dict[str, Any]
 
@@ -37,55 +43,39 @@ class Loaded:
   """What inference needs.
 
   Attributes:
-    model: the configured model, its prompt length set to the loaded prompt's.
-    variables: {'params': backbone, 'prompt': ..., ...}; with a bank, the
-      'prompt' is the bank's first prompt (each pass replaces it).
-    prompt_bank: [num_prompts, length, embed] when several prompts were
-      given (an ensemble), else None.
+    model: the backbone with the loaded deltas attached.
+    variables: {'params': backbone, <delta collections>: ...}, served
+      (materialized); with a bank, the first member's.
+    bank: the bank's per-example leaves stacked [N, ...] (`infer.bank`) when
+      several members were given (an ensemble), else None.
     step: the checkpoint's step (None for prompt files).
     source: what was loaded, for logs.
   """
-  model: nn.Module
+  model: Transformer
   variables: Variables
-  prompt_bank: Optional[np.ndarray]
+  bank: Optional[Variables]
   step: Optional[int]
   source: str
 
 
-def fit_model(model: nn.Module, prompt_length: Optional[int]) -> nn.Module:
-  """`model` with the loaded prompt's length (or without a prompt when none was loaded).
-
-  The length is a property of the prompt, so inference takes it from the
-  prompt instead of making PROMPT_LENGTH repeat it.
-  """
-  if prompt_length is None:
-    if isinstance(model, PromptTransformer):
-      logging.info('No prompt was loaded (a model-tuning checkpoint): running the plain '
-                   'Transformer.')
-      return Transformer(model.config)
-    return model
-  if not hasattr(model, 'prompt_length'):
-    # Applied to a model without a prompt, the prompt would be silently ignored.
-    raise ConfigurationError(
-        f'A prompt was loaded but MODEL ({type(model).__name__}) reads none; '
-        'use @prompt.PromptTransformer() (as gin/runs/eval.gin and infer.gin do).')
-  if prompt_length != model.prompt_length:
-    logging.info('Prompt length %d (from the loaded prompt; the configuration said %d).',
-                 prompt_length, model.prompt_length)
-    return model.clone(prompt_length=prompt_length)
-  return model
+def _materialize(deltas: Sequence[Any], variables: Variables) -> Variables:
+  for delta in deltas:
+    variables = delta.materialize(variables)
+  return variables
 
 
 class VariableLoader:
   """Loads checkpoints and prompt files onto one frozen backbone, read once.
 
   Args:
-    model: the configured model (its `config` checks the backbone's shapes).
+    model: the configured model: its `config` is the backbone (dtype, remat;
+      checked against the checkpoints' shapes); a prompt delta among its
+      `deltas` says how `.npy` prompts are placed (prefix by default).
     initial_checkpoint_path: the backbone, overriding the checkpoints'
       recorded base; required for `.npy` prompts.
   """
 
-  def __init__(self, model: nn.Module, initial_checkpoint_path: Optional[str] = None):
+  def __init__(self, model: Transformer, initial_checkpoint_path: Optional[str] = None):
     self.model = model
     self.initial_checkpoint_path = initial_checkpoint_path
     self._bases: Dict[str, Tuple[Any, str]] = {}
@@ -98,9 +88,9 @@ class VariableLoader:
           'Set exactly one of CHECKPOINT_PATH (a checkpoint, a model directory or a '
           '.npy prompt) and PROMPT_FILES (a list of prompts to ensemble).')
     if prompt_files:
-      return self.prompts(prompt_files)
+      return self.members(prompt_files)
     if checkpoint_path.endswith('.npy'):
-      return self.prompts([checkpoint_path])
+      return self.members([checkpoint_path])
     return self.checkpoint(checkpoint_path)
 
   def base(self, path: str, expected_fingerprint: Optional[str] = None,
@@ -129,71 +119,90 @@ class VariableLoader:
       raise checkpoints.FingerprintMismatchError(
           f'{trained} was trained on a base model with fingerprint {expected_fingerprint}, '
           f'but {path} has fingerprint {found}: it is a different model. Point '
-          'INITIAL_CHECKPOINT_PATH at the checkpoint the prompt was trained on.')
+          'INITIAL_CHECKPOINT_PATH at the checkpoint the delta was trained on.')
     return params
 
-  def _delta(self, path: str) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    """(checkpoint directory, trainable collections, metadata) of a checkpoint."""
-    directory = checkpoints.resolve_checkpoint(path)
-    return directory, checkpoints.read_trainable(directory), checkpoints.read_metadata(directory)
+  def _holds_backbone(self, delta: Variables) -> bool:
+    """Whether `delta` has every backbone parameter (a model-tuning checkpoint)."""
+    expected = flatten_tree(expected_shapes(self.model.config))
+    return set(expected) <= set(flatten_tree(delta.get('params', {})))
 
-  def _base_for(self, directory: str, metadata: Dict[str, Any]) -> Any:
-    path = self.initial_checkpoint_path or metadata.get('base_checkpoint')
-    if not path:
-      raise ConfigurationError(f'{directory} names no base checkpoint; set '
-                               'INITIAL_CHECKPOINT_PATH.')
-    return self.base(path, metadata.get('base_fingerprint'), directory)
+  def _read(self, path: str) -> Tuple[str, Variables, Tuple[Any, ...], Any]:
+    """(directory, served delta variables, deltas, base params or None) of a checkpoint."""
+    directory = checkpoints.resolve_checkpoint(path)
+    metadata = checkpoints.read_metadata(directory)
+    delta = checkpoints.read_delta(directory)
+    deltas = recorded_deltas(metadata, delta)
+    if self._holds_backbone(delta):
+      params = None
+    else:
+      base = self.initial_checkpoint_path or metadata.get('base_checkpoint')
+      if not base:
+        raise ConfigurationError(f'{directory} names no base checkpoint; set '
+                                 'INITIAL_CHECKPOINT_PATH.')
+      params = self.base(base, metadata.get('base_fingerprint'), directory)
+    return directory, _materialize(deltas, delta), deltas, params
 
   def checkpoint(self, path: str) -> Loaded:
-    """A delta checkpoint (`checkpoint_<step>`, or a directory's latest) on its base."""
-    directory, trainable, metadata = self._delta(path)
-    if 'params' in trainable:
-      # Model tuning: the checkpoint holds the whole backbone.
-      variables = dict(trainable)
-    else:
-      variables = {'params': self._base_for(directory, metadata), **trainable}
-    length = (checkpoints.single_prompt(trainable['prompt']).shape[0]
-              if 'prompt' in trainable else None)
-    return Loaded(fit_model(self.model, length), variables, None,
+    """A checkpoint (`checkpoint_<step>`, or a directory's latest) on its base."""
+    directory, delta, deltas, params = self._read(path)
+    variables = delta if params is None else paths.merge({'params': params}, delta)
+    return Loaded(Transformer(self.model.config, deltas=deltas), variables, None,
                   checkpoints.checkpoint_step(directory), directory)
 
-  def prompts(self, paths: Sequence[str]) -> Loaded:
-    """Prompts from `.npy` files and/or checkpoints; two or more make a bank.
+  def _npy_prompt(self, path: str) -> Tuple[Variables, Tuple[Any, ...]]:
+    prompt = checkpoints.load_npy(path)
+    if np.ndim(prompt) != 2:
+      raise ValueError(f'A prompt file holds [length, embed]; {path} holds shape '
+                       f'{np.shape(prompt)}.')
+    configured = [d for d in self.model.deltas if isinstance(d, PromptTuning)]
+    delta = PromptTuning(length=int(prompt.shape[0]), init=prompt_lib.NotRecorded(path),
+                         combine=configured[0].combine if configured else PromptTuning.combine)
+    return delta.with_prompt({}, np.asarray(prompt, np.float32)), (delta,)
+
+  def members(self, sources: Sequence[str]) -> Loaded:
+    """Deltas from `.npy` prompts and/or checkpoints; two or more make a bank.
 
     Raises:
-      ValueError: the prompts do not all have one shape.
+      ValueError: the members are not one method of one shape.
       ConfigurationError: only `.npy` files and no INITIAL_CHECKPOINT_PATH.
     """
-    paths = list(paths)
-    prompts: List[np.ndarray] = []
+    sources = list(sources)
+    loaded: List[Tuple[Variables, Tuple[Any, ...]]] = []
     params = None
-    for path in paths:
+    for path in sources:
       if path.endswith('.npy'):
-        prompts.append(checkpoints.load_npy(path))
+        loaded.append(self._npy_prompt(path))
         continue
-      directory, trainable, metadata = self._delta(path)
-      if set(trainable) != {'prompt'}:
-        raise ValueError(f'{directory} holds {sorted(trainable)}, not a prompt alone; '
-                         'only prompts can be ensembled.')
-      prompts.append(checkpoints.single_prompt(trainable['prompt']))
-      # Every checkpoint must have been trained on the same backbone.
-      params = self._base_for(directory, metadata)
-    shapes = [tuple(np.shape(p)) for p in prompts]
-    if len(set(shapes)) > 1:
-      listing = ', '.join(f'{path} {shape}' for path, shape in zip(paths, shapes))
-      raise ValueError(f'The prompts to ensemble must have one shape [length, embed]; '
-                       f'got {listing}.')
-    if any(len(shape) != 2 for shape in shapes):
-      raise ValueError(f'A prompt file holds [length, embed]; got shapes {shapes}.')
+      directory, delta, deltas, base = self._read(path)
+      if base is None:
+        raise ValueError(f'{directory} holds a whole model (model tuning); only deltas '
+                         'on a shared frozen model can be ensembled.')
+      loaded.append((delta, deltas))
+      params = base  # every member must have been trained on the same backbone
+    configs = [[d.to_config() for d in deltas] for _, deltas in loaded]
+    shapes = [{p: np.shape(v) for p, v in flatten_tree(delta).items()} for delta, _ in loaded]
+    if len(sources) > 1 and any(s != shapes[0] for s in shapes):
+      listing = ', '.join(f'{path} {sorted(s.values())}' for path, s in zip(sources, shapes))
+      raise ValueError(f'The members of an ensemble must have one shape; got {listing}.')
+    if any(c != configs[0] for c in configs):
+      raise ValueError(f'The members of an ensemble must be one method; got {configs}.')
     if params is None:
       if not self.initial_checkpoint_path:
         raise ConfigurationError(
             'A .npy prompt records no base model: set INITIAL_CHECKPOINT_PATH to the '
             'checkpoint it was trained on.')
       params = self.base(self.initial_checkpoint_path)
-    bank = prompt_bank.stack_prompts(prompts)
-    variables = prompt_bank.with_prompts({'params': params}, bank[0])
-    step = (checkpoints.checkpoint_step(checkpoints.resolve_checkpoint(paths[0]))
-            if len(paths) == 1 and not paths[0].endswith('.npy') else None)
-    return Loaded(fit_model(self.model, shapes[0][0]), variables,
-                  bank if len(bank) > 1 else None, step, ', '.join(paths))
+    deltas = loaded[0][1]
+    model = Transformer(self.model.config, deltas=deltas)
+    step = (checkpoints.checkpoint_step(checkpoints.resolve_checkpoint(sources[0]))
+            if len(sources) == 1 and not sources[0].endswith('.npy') else None)
+    first = paths.merge({'params': params}, loaded[0][0])
+    if len(loaded) == 1:
+      return Loaded(model, first, None, step, sources[0])
+    shared, stacked = bank_lib.stack([delta for delta, _ in loaded], deltas)
+    variables = paths.merge({'params': params}, shared, bank_lib.member(stacked, 0))
+    return Loaded(model, variables, stacked, step, ', '.join(sources))
+
+
+__all__ = ['Loaded', 'VariableLoader']

@@ -1,7 +1,7 @@
 """Model-level inference: decode predictions, score targets, rank label strings.
 
-All functions take a Flax model (a `Transformer` or a subclass such as
-`PromptTransformer`) and its variables ({'params': ..., 'prompt': ...}).
+All functions take a Flax model (a `Transformer`, with or without deltas) and
+its variables ({'params': ..., <delta collections>: ...}).
 """
 import dataclasses
 from typing import Any, Dict, Optional, Sequence
@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import decoding
-from prompt_tuning.infer import prompt_bank
 from prompt_tuning.model.losses import sequence_scores
 from prompt_tuning.model.t5 import Transformer
 
@@ -98,7 +98,7 @@ def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: 
 
   Every example is scored against every label (ids including EOS) in one
   batch of b * num_labels rows; ties go to the earlier label. Per-example
-  prompts ([b, P, d], see `prompt_bank`) follow their example.
+  delta leaves (e.g. prompts [b, P, d], see `infer.bank`) follow their example.
   """
   labels = len(label_tokens)
   length = max(len(t) for t in label_tokens)
@@ -107,6 +107,6 @@ def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: 
     targets[i, :len(ids)] = ids
   batch = encoder_input_tokens.shape[0]
   inputs = jnp.repeat(encoder_input_tokens, labels, axis=0)
-  variables = prompt_bank.repeat_examples(variables, labels)
+  variables = bank_lib.repeat_examples(model.deltas, variables, labels)
   scores = score(model, variables, inputs, jnp.tile(jnp.asarray(targets), (batch, 1)))
   return jnp.argmax(scores.reshape(batch, labels), axis=-1)

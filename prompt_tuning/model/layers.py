@@ -151,7 +151,18 @@ class MultiHeadDotProductAttention(nn.Module):
 
     if decode:
       key, value, bias = self._update_cache(key, value, bias)
+    out = self.attend(query, key, value, bias, enable_dropout)
+    out = out.reshape(out.shape[:2] + (joined,))
+    return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), self.dtype,
+                 kernel_init=attention_kernel_init, name='out')(out)
 
+  def attend(self, query: Array, key: Array, value: Array, bias: Optional[Array],
+             enable_dropout: bool = False) -> Array:
+    """Scores, softmax and weighted values: [b, q, h, hd] x [b, k, h, hd] -> [b, q, h, hd].
+
+    A site of its own (after keys and values are formed, after the cache
+    update), where prefixes join the keys and values.
+    """
     # Logits and softmax in float32 whatever the activation dtype.
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
                         preferred_element_type=jnp.float32)
@@ -161,10 +172,7 @@ class MultiHeadDotProductAttention(nn.Module):
     # T5 shares the attention-dropout mask across query positions.
     weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
         weights, deterministic=not enable_dropout)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    out = out.reshape(out.shape[:2] + (joined,))
-    return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), self.dtype,
-                 kernel_init=attention_kernel_init, name='out')(out)
+    return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
 
   def _update_cache(self, key, value, bias):
     """Writes this step's key/value at cache_index; returns the full cache."""

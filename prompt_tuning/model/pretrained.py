@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Tuple
 import jax
 import numpy as np
 
+from prompt_tuning.model import checkpoints
 from prompt_tuning.model import hf_checkpoint
 from prompt_tuning.model import t5x_checkpoint
 from prompt_tuning.model.config import T5Config
@@ -152,23 +153,21 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
 
 def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
   """The `params` of a checkpoint written by this project's trainer (on any mesh)."""
-  # The training package's reader; imported here, as it imports this package.
-  from prompt_tuning.train import checkpoints  # pylint: disable=g-import-not-at-top
   try:
     metadata = checkpoints.read_metadata(path)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable metadata/ ({e})') from e
-  trainable = metadata.get('trainable_collections', [])
-  if 'params' not in trainable:
-    raise CheckpointError(
-        f'{path} is a delta checkpoint (it trained {trainable}); it holds no '
-        f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
-        'that as the pretrained model and this checkpoint as the delta.')
   try:
-    params = checkpoints.read_trainable(path)['params']
+    params = checkpoints.read_delta(path).get('params')
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable state/ ({e})') from e
-  # read_trainable already gives numpy arrays; the contract is float32.
+  if params is None:
+    trained = metadata.get('trainable', metadata.get('trainable_collections', []))
+    raise CheckpointError(
+        f'{path} is a delta checkpoint (it trained {trained}); it holds no '
+        f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
+        'that as the pretrained model and this checkpoint as the delta.')
+  # The contract is float32 (check_params then finds any missing array).
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   return T5Config(**metadata['model_config']), params
 

@@ -9,17 +9,19 @@ Token id 0 is padding: it makes every mask. Logits are float32
 decoding; `decode(..., decode=True)` runs one position at a time against a
 key/value cache in the 'cache' collection.
 
-Subclasses that put something in front of the encoder input (prompts)
-override `embed_encoder_inputs` and `encoder_mask`; nothing else changes.
+Methods (prompts, LoRA, adapters, ...) are deltas: `Transformer(config,
+deltas=(...))` attaches them at the sites of `sites.py` while `__call__`,
+`encode` and `decode` run; the `params` tree and numerics stay T5X's.
 """
 import functools
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from prompt_tuning.model import layers
+from prompt_tuning.model import sites
 from prompt_tuning.model.config import T5Config
 
 Array = jax.Array
@@ -170,16 +172,27 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-  """T5.1.1: a token embedder shared by encoder and decoder, untied logits."""
+  """T5.1.1: a token embedder shared by encoder and decoder, untied logits.
+
+  Attributes:
+    config: shape and numerics.
+    deltas: the methods attached to this backbone, a tuple of
+      `prompt_tuning.deltas.Delta` (empty: the plain model). Each delta's
+      `setup(root)` may add modules at the root (a prompt); its handlers
+      wrap the sites while `__call__`, `encode` and `decode` run.
+  """
   config: T5Config
+  deltas: Tuple[Any, ...] = ()
 
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype)
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg, self.token_embedder)
+    for delta in self.deltas:
+      delta.setup(self)
 
-  # -- hooks for what goes in front of the encoder input --------------------
+  # -- sites: what goes in front of the encoder input --------------------------
   def embed_encoder_inputs(self, encoder_input_tokens: Array) -> Tuple[Array, Array]:
     """[b, l] tokens -> (embedded [b, l', d], mask [b, l'])."""
     return self.token_embedder(encoder_input_tokens), encoder_input_tokens > 0
@@ -191,8 +204,9 @@ class Transformer(nn.Module):
   # -- the network -----------------------------------------------------------
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
     """[b, l] tokens -> encoded [b, l', d]."""
-    x, mask = self.embed_encoder_inputs(encoder_input_tokens)
-    return self.encoder(x, mask, enable_dropout)
+    with sites.attach(self.deltas):
+      x, mask = self.embed_encoder_inputs(encoder_input_tokens)
+      return self.encoder(x, mask, enable_dropout)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array,
              decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
@@ -204,25 +218,27 @@ class Transformer(nn.Module):
     causal mask. Cached decoding (`decode=True`): t is 1 and the cache does
     the causal masking.
     """
-    encoder_valid = self.encoder_mask(encoder_input_tokens)
-    if decode:
-      self_mask = None
-      decoder_valid = jnp.ones(decoder_input_tokens.shape, bool)
-    else:
-      if decoder_target_tokens is None:
-        raise ValueError('decoder_target_tokens is needed to mask padding '
-                         'unless decoding with the cache (decode=True).')
-      decoder_valid = decoder_target_tokens > 0
-      self_mask = (layers.make_attention_mask(decoder_valid, decoder_valid) &
-                   layers.make_causal_mask(decoder_input_tokens.shape[1]))
-    cross_mask = layers.make_attention_mask(decoder_valid, encoder_valid)
-    logits = self.decoder(decoder_input_tokens, encoded, self_mask, cross_mask,
-                          enable_dropout, decode, max_decode_length)
-    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+    with sites.attach(self.deltas):
+      encoder_valid = self.encoder_mask(encoder_input_tokens)
+      if decode:
+        self_mask = None
+        decoder_valid = jnp.ones(decoder_input_tokens.shape, bool)
+      else:
+        if decoder_target_tokens is None:
+          raise ValueError('decoder_target_tokens is needed to mask padding '
+                           'unless decoding with the cache (decode=True).')
+        decoder_valid = decoder_target_tokens > 0
+        self_mask = (layers.make_attention_mask(decoder_valid, decoder_valid) &
+                     layers.make_causal_mask(decoder_input_tokens.shape[1]))
+      cross_mask = layers.make_attention_mask(decoder_valid, encoder_valid)
+      logits = self.decoder(decoder_input_tokens, encoded, self_mask, cross_mask,
+                            enable_dropout, decode, max_decode_length)
+      return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, enable_dropout: bool = False,
                decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
-    encoded = self.encode(encoder_input_tokens, enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens, enable_dropout, decode, max_decode_length)
+    with sites.attach(self.deltas):
+      encoded = self.encode(encoder_input_tokens, enable_dropout)
+      return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                         decoder_target_tokens, enable_dropout, decode, max_decode_length)

@@ -1,60 +1,19 @@
-"""Evaluation: teacher-forced loss and inference metrics, as T5X's train loop does.
+"""Teacher-forced evaluation, T5X's "training_eval": validation loss and token accuracy.
 
-* `TeacherForcedEvaluator`: loss per target token and token accuracy on the
-  validation split (EVAL_STEPS batches), T5X's "training_eval".
-* `InferenceEvaluator`: `seqio.Evaluator` over the task's validation split:
-  decode (or rank-classify), postprocess, the task's metrics; results go to
-  `<log_dir>/<task>-metrics.jsonl`, TensorBoard and the log, T5X's
-  "inference_eval". Given a prompt bank it evaluates the ensemble of its
-  prompts in one pass per batch (majority vote).
-
-Both take the model and its variables at call time, so the same objects serve
-every evaluation of a run, the eval CLI and the infer CLI.
+Inference evaluation (decoding, rank classification, the task's metrics) is
+`prompt_tuning.infer.evaluation.InferenceEvaluator`, which the trainer is
+given (gin) and calls with the model and variables.
 """
-import dataclasses
-import functools
-import re
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping
 
 import flax.linen as nn
 import jax
-import numpy as np
 import seqio
-import tensorflow as tf
 
-from prompt_tuning.data import vocab as vocab_lib
-from prompt_tuning.infer import predict
-from prompt_tuning.infer import prompt_bank
+from prompt_tuning.train.data import FEATURE_CONVERTER
 from prompt_tuning.train.step import batch_loss
 
 Variables = Dict[str, Any]
-FEATURE_CONVERTER = seqio.EncDecFeatureConverter(pack=False)
-
-
-def to_host(x: Any) -> np.ndarray:
-  """A (global) array as numpy on every process.
-
-  On a multi-host mesh an output may be spread over other hosts' devices;
-  it is gathered (every host runs the same evaluation).
-  """
-  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
-
-
-def padded_batches(dataset: tf.data.Dataset, batch_size: int
-                   ) -> Iterator[Tuple[np.ndarray, Dict[str, np.ndarray], int]]:
-  """(indices, features, real rows) of an enumerated dataset, last batch padded.
-
-  Padding rows repeat row 0 so every batch has one shape (one compilation).
-  """
-  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-    real = len(indices)
-    if real < batch_size:
-      pad = lambda x: np.concatenate([x, np.repeat(x[:1], batch_size - real, 0)], 0)
-      features = {k: pad(v) for k, v in features.items()}
-    yield indices, features, real
 
 
 class TeacherForcedEvaluator:
@@ -78,151 +37,3 @@ class TeacherForcedEvaluator:
     weight = max(totals.get('weight_sum', 0.0), 1.0)
     return {'loss': totals.get('loss', 0.0) / weight,
             'accuracy': totals.get('correct', 0.0) / weight}
-
-
-@dataclasses.dataclass
-class InferenceEvaluator:
-  """Runs seqio's Evaluator with our decoding (or rank classification).
-
-  `evaluate` takes the model and variables at call time, and optionally a
-  prompt bank to ensemble.
-
-  Attributes:
-    rank_classification_labels: when set, every label string is scored and
-      the best one is the prediction, instead of free decoding.
-  """
-  task_name: str
-  feature_lengths: Mapping[str, int]
-  batch_size: int
-  log_dir: Optional[str] = None
-  split: str = 'validation'
-  decoding: predict.DecodingConfig = predict.DecodingConfig()
-  rank_classification_labels: Optional[Sequence[str]] = None
-  num_examples: Optional[int] = None
-  use_cached: bool = False
-
-  @functools.cached_property
-  def _evaluator(self) -> seqio.Evaluator:
-    # Built on first use: gin constructs this object before the run imports
-    # MIXTURE_OR_TASK_MODULE, which registers the task.
-    loggers = ()
-    if self.log_dir and jax.process_index() == 0:  # every host evaluates, one writes
-      tf.io.gfile.makedirs(self.log_dir)  # seqio's JSON logger does not create it
-      loggers = (seqio.PyLoggingLogger, seqio.JSONLogger, seqio.TensorBoardLogger)
-    return seqio.Evaluator(
-        self.task_name, FEATURE_CONVERTER, eval_split=self.split,
-        use_cached=self.use_cached, sequence_length=dict(self.feature_lengths),
-        num_examples=self.num_examples, logger_cls=loggers, log_dir=self.log_dir)
-
-  def evaluate(self, model: nn.Module, variables: Variables, step: Optional[int] = None,
-               prompts: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
-    """{task: {metric: value}} for every task of the mixture.
-
-    Args:
-      prompts: a prompt bank [N, length, embed] to ensemble: every example is
-        run once per prompt in the same pass, predictions are the majority
-        vote of the N (ties: the lowest-numbered prompt's), scores the mean.
-    """
-    metrics, _ = self._evaluator.evaluate(
-        compute_metrics=True, step=step,
-        predict_fn=self._make_predict_fn(model, variables, prompts),
-        score_fn=self._make_score_fn(model, variables, prompts))
-    results = metrics.result() if hasattr(metrics, 'result') else metrics
-    # Keep the scalars (metrics may also return text or histograms).
-    return {task: {k: float(getattr(v, 'value', v)) for k, v in values.items()
-                   if isinstance(getattr(v, 'value', v), (int, float, np.number))}
-            for task, values in results.items()}
-
-  def _label_tokens(self) -> List[List[int]]:
-    """Each label's target ids with EOS; '<extra_id_k>' in a label is sentinel k.
-
-    SentencePiece alone would spell a sentinel out piece by piece, so the
-    sentinel form's labels ('<extra_id_0> entailment') are split around them.
-    """
-    vocabulary = seqio.get_mixture_or_task(self.task_name).output_features['targets'].vocabulary
-    def encode(label: str) -> List[int]:
-      ids = []
-      for part in re.split(r'(<extra_id_\d+>)', label):
-        sentinel = re.fullmatch(r'<extra_id_(\d+)>', part)
-        if sentinel:
-          ids.append(vocab_lib.sentinel_id(int(sentinel[1]), vocabulary))
-        elif part.strip():
-          ids.extend(vocabulary.encode(part.strip()))
-      return ids + [vocabulary.eos_id]
-    return [encode(label) for label in self.rank_classification_labels]
-
-  def _jitted(self, model: nn.Module, kind: str) -> Callable:
-    labels = (tuple(map(tuple, self._label_tokens())) if kind == 'rank' else None)
-    args = (model, kind, self.feature_lengths['targets'], self.decoding, labels)
-    try:
-      return _compiled(*args)
-    except TypeError:  # a model with unhashable fields: compile for this call only
-      return _compiled.__wrapped__(*args)
-
-  def _make_predict_fn(self, model, variables, prompts=None):
-    if self.rank_classification_labels:
-      labels = self._label_tokens()
-      run = self._jitted(model, 'rank')
-      to_tokens = lambda picked: [labels[i] for i in picked]
-    else:
-      run = self._jitted(model, 'decode')
-      to_tokens = lambda tokens: [list(row) for row in tokens]
-    copies = 1 if prompts is None else len(prompts)
-
-    def predict_fn(dataset, model_feature_shapes=None):
-      del model_feature_shapes
-      out = []
-      for indices, features, real in padded_batches(dataset, self.batch_size):
-        result = to_host(run(variables, prompts, features['encoder_input_tokens']))
-        if copies > 1:
-          result = prompt_bank.vote_rows(result, copies)
-        out.extend(zip(indices.tolist(), to_tokens(result[:real].tolist())))
-      return out
-
-    return predict_fn
-
-  def _make_score_fn(self, model, variables, prompts=None):
-    run = self._jitted(model, 'score')
-    copies = 1 if prompts is None else len(prompts)
-
-    def score_fn(dataset, model_feature_shapes=None):
-      del model_feature_shapes
-      out = []
-      for indices, features, real in padded_batches(dataset, self.batch_size):
-        scores = to_host(run(variables, prompts, features['encoder_input_tokens'],
-                                features['decoder_target_tokens']))
-        scores = scores.reshape(-1, copies).mean(axis=1)  # the mean over prompts
-        out.extend(zip(indices.tolist(), scores[:real].tolist()))
-      return out
-
-    return score_fn
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(model: nn.Module, kind: str, max_length: int, decoding: predict.DecodingConfig,
-              labels: Optional[Tuple[Tuple[int, ...], ...]]) -> Callable:
-  """`fn(variables, prompts, tokens, *per_example)` jitted once per model and kind.
-
-  Cached: a run evaluates the same model many times (every EVAL_PERIOD, or
-  every checkpoint of a directory) and compiles once; linen modules hash and
-  compare by their fields. `prompts` is None or a bank [N, P, d] (an
-  ensemble, see `InferenceEvaluator.evaluate`).
-  """
-  if kind == 'rank':
-    fn = lambda v, x: predict.rank_classify(model, v, x, labels)
-  elif kind == 'decode':
-    fn = lambda v, x: predict.decode(model, v, x, max_length, decoding)
-  else:
-    fn = lambda v, x, y: predict.score(model, v, x, y)
-  return jax.jit(functools.partial(prompt_bank.run_ensemble, fn))
-
-
-def mean_metric(results: Mapping[str, Mapping[str, float]]) -> float:
-  """One number for early stopping: the mean over tasks of each task's mean metric.
-
-  T5's SuperGLUE score is computed this way; a task with one metric counts it.
-  """
-  per_task = [float(np.mean(list(m.values()))) for m in results.values() if m]
-  if not per_task:
-    raise ValueError('No metrics to select a checkpoint by.')
-  return float(np.mean(per_task))

@@ -50,19 +50,16 @@ T5X_LOGICAL_AXIS_RULES: LogicalAxisRules = (
     ('stack', None),
     ('mlp_activations', None),
 )
-# The prompt [length, embed] (and its optimizer state) is small: replicated.
-PROMPT_LOGICAL_AXIS_RULES: LogicalAxisRules = (('prompt', None), ('prompt_embed', None))
 
 
 def standard_logical_axis_rules(additional_rules: Sequence[Tuple[str, Optional[str]]] = ()
                                 ) -> LogicalAxisRules:
-  """T5X's default rules, the prompt's rules, then `additional_rules`.
+  """T5X's default rules, then `additional_rules` (e.g. the deltas' own).
 
   Flax takes the first rule of a name whose mesh axis is not yet used by the
   same array, so later rules only add names or fallbacks.
   """
-  return T5X_LOGICAL_AXIS_RULES + PROMPT_LOGICAL_AXIS_RULES + tuple(
-      tuple(rule) for rule in additional_rules)
+  return T5X_LOGICAL_AXIS_RULES + tuple(tuple(rule) for rule in additional_rules)
 
 
 def mesh_shape_for(num_devices: int, num_partitions: int = 1,
@@ -104,7 +101,8 @@ class Partitioner:
   Attributes (gin): num_partitions (NUM_PARTITIONS, the size of 'model'),
   mesh_shape (MESH_SHAPE, an explicit (data, model); overrides
   num_partitions), logical_axis_rules (default: `standard_logical_axis_rules()`).
-  The mesh is built on first use, after `jax.distributed.initialize`.
+  The mesh is built on first use, after `jax.distributed.initialize`. The
+  trainer adds the deltas' rules (`add_rules`).
   """
 
   def __init__(self, num_partitions: int = 1, mesh_shape: Optional[Sequence[int]] = None,
@@ -116,6 +114,10 @@ class Partitioner:
         tuple(r) for r in (logical_axis_rules if logical_axis_rules is not None
                            else standard_logical_axis_rules()))
     self._devices = devices
+
+  def add_rules(self, rules: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Appends `rules` not already present (a delta's axes, e.g. the prompt's)."""
+    self.rules += tuple(tuple(r) for r in rules if tuple(r) not in self.rules)
 
   @functools.cached_property
   def mesh(self) -> Mesh:

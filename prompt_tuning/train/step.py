@@ -1,12 +1,13 @@
-"""The train state and the train step: gradients for the trainable collections only.
+"""The train state and the train step: gradients for the trainable variables only.
 
-A run names its trainable collections: prompt tuning `('prompt',)`, model
-tuning `('params',)`. Everything else is frozen: it is an input of the step,
-never differentiated, never updated, and the optimizer holds no state for it.
-Because the frozen weights are not inputs of `jax.grad`, XLA computes no
-gradient for them at all (only activations' gradients flow through them).
+A run names what it trains as path patterns (`deltas.paths`): prompt tuning
+`prompt/.*`, model tuning `params/.*`, norm tuning `params/.*/scale`.
+Everything else is frozen: it is an input of the step, never differentiated,
+never updated, and the optimizer holds no state for it. Because the frozen
+weights are not inputs of `jax.grad`, XLA computes no gradient for them at
+all (only activations' gradients flow through them).
 """
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning.deltas.paths import merge
 from prompt_tuning.model.losses import (compute_weighted_cross_entropy,
                                         get_loss_normalizing_factor_and_weights)
 
@@ -27,8 +29,9 @@ class TrainState(flax.struct.PyTreeNode):
   Attributes:
     step: global step (int32 scalar); starts at the pretrained checkpoint's
       step, as in T5X, so TRAIN_STEPS is absolute.
-    frozen: collections that are not trained, e.g. {'params': backbone}.
-    trainable: collections that are, e.g. {'prompt': {'prompt': {'prompt': [P, d]}}}.
+    frozen: the variables not trained, e.g. {'params': backbone}.
+    trainable: those trained, e.g. {'prompt': {'prompt': {'prompt': [P, d]}}};
+      a tree with the leaves `frozen` lacks (norm tuning: a few `params` leaves).
     opt_state: optimizer state of `trainable` only.
   """
   step: jax.Array
@@ -38,19 +41,7 @@ class TrainState(flax.struct.PyTreeNode):
 
   @property
   def variables(self) -> Variables:
-    return {**self.frozen, **self.trainable}
-
-
-def split_variables(variables: Variables, trainable_collections: Sequence[str]
-                    ) -> Tuple[Variables, Variables]:
-  """(frozen, trainable) by collection name; an unknown name is an error."""
-  missing = [c for c in trainable_collections if c not in variables]
-  if missing:
-    raise ValueError(f'Trainable collections {missing} are not among the model\'s '
-                     f'collections {sorted(variables)}.')
-  trainable = {c: v for c, v in variables.items() if c in trainable_collections}
-  frozen = {c: v for c, v in variables.items() if c not in trainable_collections}
-  return frozen, trainable
+    return merge(self.frozen, self.trainable)
 
 
 def batch_loss(model: nn.Module, variables: Variables, batch: Batch, *,
@@ -163,7 +154,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
       batch = {**batch, 'decoder_loss_weights': weights}
 
     def grad_fn(trainable, batch, rng):
-      loss_fn = lambda t: batch_loss(model, {**frozen, **t}, batch, dropout_rng=rng,
+      loss_fn = lambda t: batch_loss(model, merge(frozen, t), batch, dropout_rng=rng,
                                      loss_normalizing_factor=factor, **loss_kwargs)
       return jax.grad(loss_fn, has_aux=True)(trainable)
 

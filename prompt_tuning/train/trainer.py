@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
 import gin
@@ -22,14 +22,18 @@ from absl import logging
 from clu import metric_writers
 
 from prompt_tuning import gin_utils
+from prompt_tuning.data import lookup
+from prompt_tuning.data.metrics import mean_metric
+from prompt_tuning.deltas import paths
 from prompt_tuning.model import load_pretrained
+from prompt_tuning.model.checkpoints import (DeltaCheckpointer, FingerprintMismatchError,
+                                             fingerprint)
 from prompt_tuning.model.param_shapes import check_params
 from prompt_tuning.train import data
 from prompt_tuning.train import evaluation
 from prompt_tuning.train import partitioning
-from prompt_tuning.train.checkpoints import DeltaCheckpointer, FingerprintMismatchError, fingerprint
-from prompt_tuning.train.optimizers import Adafactor
-from prompt_tuning.train.step import TrainState, make_train_step, split_variables
+from prompt_tuning.train.method import Method
+from prompt_tuning.train.step import TrainState, make_train_step
 
 
 def _dummy_batch(task_feature_lengths: Mapping[str, int]):
@@ -93,14 +97,12 @@ def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, t
 @gin.configurable
 def train(*,
           model_dir: str = gin.REQUIRED,
-          model: nn.Module = gin.REQUIRED,
+          method: Method = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = gin.REQUIRED,
-          trainable_collections: Sequence[str] = ('prompt',),
-          optimizer: Adafactor = Adafactor(),
           mixture_or_task_module: Optional[str] = None,
           random_seed: int = 0,
           use_cached_tasks: bool = False,
@@ -115,15 +117,16 @@ def train(*,
           eval_period: Optional[int] = None,
           eval_steps: int = 20,
           run_eval_before_training: bool = False,
-          inference_evaluator: Optional[evaluation.InferenceEvaluator] = None,
+          inference_evaluator: Optional[Any] = None,
           partitioner: Optional[partitioning.Partitioner] = None
           ) -> TrainState:
-  """Trains the `trainable_collections` of `model`; returns the final state.
+  """Trains what `method` trains (its deltas, or the paths it names); returns the final state.
 
   Every `eval_period` steps (at a save): teacher-forced validation loss over
-  `eval_steps` batches, and, given an `inference_evaluator`, the task's
-  metrics; the checkpoint with the best mean metric is also kept in
-  MODEL_DIR/best/ (the paper's early stopping).
+  `eval_steps` batches, and, given an `inference_evaluator`
+  (`prompt_tuning.infer.evaluation.InferenceEvaluator`), the task's metrics;
+  the checkpoint with the best mean metric is also kept in MODEL_DIR/best/
+  (the paper's early stopping).
 
   `run_eval_before_training` (T5X's): evaluate once before the first step,
   e.g. to see what the untuned prompt scores.
@@ -134,24 +137,25 @@ def train(*,
   slices of the batch, one update per batch (less activation memory).
   """
   partitioner = partitioner or partitioning.Partitioner()
+  partitioner.add_rules(method.logical_axis_rules())
+  model = method.model
   if num_microbatches and batch_size % num_microbatches:
     raise gin_utils.ConfigurationError(
         f'BATCH_SIZE {batch_size} is not divisible by NUM_MICROBATCHES {num_microbatches}.')
-  data.import_task_module(mixture_or_task_module)
-  task = data.get_task(mixture_or_task_name)
-  data.check_vocabulary(task, model.config.vocab_size)
+  lookup.import_task_module(mixture_or_task_module)
+  task = lookup.get_task(mixture_or_task_name)
+  lookup.check_vocabulary(task, model.config.vocab_size)
 
   checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
   latest = checkpointer.latest_step()
 
   rng = jax.random.PRNGKey(random_seed)
-  params = _initial_params(model, initial_checkpoint_path, trainable_collections,
-                           random_seed, task_feature_lengths)
+  params = _initial_params(method, initial_checkpoint_path, random_seed, task_feature_lengths)
   base = {'base_checkpoint': initial_checkpoint_path,
           'base_fingerprint': fingerprint(params),
           'base_step': _base_step(initial_checkpoint_path) if initial_checkpoint_path else 0}
   variables = initialize_variables(model, params, rng, task_feature_lengths, partitioner)
-  frozen, trainable = split_variables(variables, trainable_collections)
+  frozen, trainable = method.split(variables)
   if latest is not None:
     recorded = checkpointer.metadata(latest)
     if recorded['base_fingerprint'] != base['base_fingerprint']:
@@ -161,16 +165,18 @@ def train(*,
           f'{initial_checkpoint_path} has fingerprint {base["base_fingerprint"]}.')
     base['base_step'] = recorded['base_step']
 
+  optimizer = method.optimizer
   tx = optimizer.build(base['base_step'])
   state = TrainState(
       step=partitioner.place(np.asarray(base['base_step'], np.int32), partitioner.replicated),
       frozen=frozen, trainable=trainable,
       opt_state=partitioner.init_optimizer_state(tx, trainable))
   if latest is not None:
-    saved = {'step': state.step, 'trainable': state.trainable, 'opt_state': state.opt_state}
     # Restored straight into each array's sharding (Orbax reshards if the mesh changed).
-    restored, _ = checkpointer.restore(latest, partitioning.abstract_shapes(saved))
-    state = state.replace(**restored)
+    restored, _ = checkpointer.restore(latest, partitioning.abstract_shapes(saved_state(state)))
+    state = state.replace(step=restored['step'], trainable=restored['trainable'],
+                          opt_state=restored['opt_state'],
+                          frozen=paths.merge(state.frozen, restored.get('frozen_delta', {})))
     logging.info('Resumed from %s at step %d', checkpointer.step_dir(latest), int(state.step))
 
   if jax.process_index() == 0:
@@ -213,12 +219,11 @@ def train(*,
     eval_writer.write_scalars(step, scalars)
     if inference_evaluator:
       results = inference_evaluator.evaluate(model, state.variables, step)
-      score = evaluation.mean_metric(results)
+      score = mean_metric(results)
       logging.info('step %d inference_eval: %s (mean %.4f)', step, results, score)
       if best.improves(score):
         # The checkpoint first, then the record that points at it.
-        best.checkpointer.save(step, {'step': state.step, 'trainable': state.trainable,
-                                      'opt_state': state.opt_state}, metadata(step))
+        best.checkpointer.save(step, saved_state(state), metadata(step), export)
         best.record(step, score, results)
 
   eval_writer = metric_writers.create_default_writer(
@@ -226,13 +231,15 @@ def train(*,
       just_logging=jax.process_index() > 0)
 
   def metadata(step: int) -> Dict[str, Any]:
-    return {**base, 'data_batches_consumed': step - base['base_step'],
-            'trainable_collections': list(trainable_collections),
-            'model_config': dataclasses.asdict(model.config)}
+    return {**base, 'data_batches_consumed': step - base['base_step'], **method.record()}
+
+  def export(directory: str) -> None:
+    # The deltas' files (prompt.npy, ...): from their variables, never the backbone's.
+    delta_variables = {c: v for c, v in state.variables.items() if c != 'params'}
+    method.export(jax.device_get(delta_variables), directory)
 
   def save(step: int) -> None:
-    checkpointer.save(step, {'step': state.step, 'trainable': state.trainable,
-                             'opt_state': state.opt_state}, metadata(step))
+    checkpointer.save(step, saved_state(state), metadata(step), export)
     logging.info('Saved %s', checkpointer.step_dir(step))
 
   if run_eval_before_training and eval_period:
@@ -297,32 +304,44 @@ class BestCheckpointTracker:
     logging.info('New best checkpoint: step %d, mean metric %.4f', step, score)
 
 
-def _initial_params(model: nn.Module, initial_checkpoint_path: Optional[str],
-                    trainable_collections: Sequence[str], random_seed: int,
+def saved_state(state: TrainState) -> Dict[str, Any]:
+  """What a checkpoint holds: every variable but the frozen base, and the optimizer state.
+
+  The deltas' variables that are not trained (an intrinsic decoder frozen in
+  a second stage, say) go under 'frozen_delta', only when there are any.
+  """
+  saved = {'step': state.step, 'trainable': state.trainable, 'opt_state': state.opt_state}
+  frozen_delta = {c: v for c, v in state.frozen.items() if c != 'params'}
+  if frozen_delta:
+    saved['frozen_delta'] = frozen_delta
+  return saved
+
+
+def _initial_params(method: Method, initial_checkpoint_path: Optional[str], random_seed: int,
                     task_feature_lengths: Mapping[str, int]) -> Dict[str, Any]:
   """The pretrained backbone, or T5X's random init when pre-training from scratch."""
+  model = method.model
   if initial_checkpoint_path:
     logging.info('Loading the pretrained model from %s', initial_checkpoint_path)
     _, params = load_pretrained(initial_checkpoint_path)
     check_params(model.config, params, initial_checkpoint_path)
     return params
-  if 'params' not in trainable_collections:
+  init = lambda r: model.init(r, *_dummy_batch(task_feature_lengths))
+  if not method.trains_every(jax.eval_shape(init, jax.random.PRNGKey(0)), 'params'):
     raise gin_utils.ConfigurationError(
         'INITIAL_CHECKPOINT_PATH is None, which means training from scratch, but '
-        f'the trainable collections {list(trainable_collections)} leave the '
+        f'the trainable patterns {list(method.trainable_patterns)} leave (part of) the '
         'randomly initialized backbone frozen. Give a pretrained checkpoint.')
   logging.info('No initial checkpoint: initializing the backbone from scratch '
                '(RANDOM_SEED %d).', random_seed)
-  init = jax.jit(lambda r: model.init(r, *_dummy_batch(task_feature_lengths))['params'])
   rng = jax.random.fold_in(jax.random.PRNGKey(random_seed), 1)  # not the prompt's key
-  return jax.tree_util.tree_map(np.asarray, nn.unbox(init(rng)))
+  return jax.tree_util.tree_map(np.asarray, nn.unbox(jax.jit(init)(rng)['params']))
 
 
 def _base_step(path: str) -> int:
   """The step of a T5X checkpoint or one of ours (0 for Hugging Face folders)."""
-  from prompt_tuning.model import pretrained, t5x_checkpoint  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.checkpoints import checkpoint_step  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import checkpoints, pretrained, t5x_checkpoint  # pylint: disable=g-import-not-at-top
   kind, resolved = pretrained.detect_format(path)
   if kind == 't5x':
     return t5x_checkpoint.t5x_step(resolved)
-  return checkpoint_step(resolved) if kind == 'ours' else 0
+  return checkpoints.checkpoint_step(resolved) if kind == 'ours' else 0

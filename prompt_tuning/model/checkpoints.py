@@ -1,12 +1,21 @@
 """Delta-only checkpoints (Orbax), in T5X's `MODEL_DIR/checkpoint_<step>/` layout.
 
-A checkpoint holds what training changes and nothing else:
+A checkpoint holds every variable that is not the frozen base, and nothing
+else, for every method alike:
 
     checkpoint_<step>/
-      state/      Orbax pytree: step, trainable collections, optimizer state
-      metadata/   JSON: base checkpoint path + fingerprint + step, data position,
-                  trainable collections
-      prompt.npy  the prompt, [length, embed] (prompt tuning only)
+      state/      Orbax pytree: step; trainable (the variables trained, by
+                  path: the prompt, or all of `params` in model tuning);
+                  frozen_delta (the deltas' variables not trained, when there
+                  are any); opt_state (the optimizer state of `trainable`)
+      metadata/   JSON: base checkpoint path + fingerprint + step, data
+                  position, the deltas' configuration (`deltas`), the trained
+                  path patterns (`trainable`), the backbone's `model_config`
+      prompt.npy  what the deltas export (`Delta.export`), e.g. the prompt
+
+Checkpoints written before deltas existed (metadata with
+`trainable_collections` and no `deltas`) read the same way: the loader
+infers their prompt from its shape.
 
 An XXL prompt checkpoint is megabytes, not the 44 GB a full T5X checkpoint
 takes. The frozen backbone is re-read from the base checkpoint on resume and
@@ -17,14 +26,13 @@ a good checkpoint; the .npy is written the same way (temporary file, rename).
 import hashlib
 import io
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax.traverse_util import flatten_dict
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-PROMPT_NPY = 'prompt.npy'
 
 
 def fingerprint(params: Dict[str, Any], sample: int = 4096) -> str:
@@ -67,15 +75,18 @@ class DeltaCheckpointer:
   def step_dir(self, step: int) -> str:
     return os.path.join(self.model_dir, f'checkpoint_{step}')
 
-  def save(self, step: int, state: Dict[str, Any], metadata: Dict[str, Any]) -> None:
-    """Writes `state` (a pytree of arrays) and JSON `metadata` as checkpoint_<step>."""
+  def save(self, step: int, state: Dict[str, Any], metadata: Dict[str, Any],
+           export: Optional[Callable[[str], Any]] = None) -> None:
+    """Writes `state` (a pytree of arrays) and JSON `metadata` as checkpoint_<step>.
+
+    `export(directory)` then writes the deltas' files into it (process 0).
+    """
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
         force=True)
     self._manager.wait_until_finished()
-    prompt = state.get('trainable', {}).get('prompt')
-    if prompt is not None and jax.process_index() == 0:
-      export_prompt_npy(prompt, os.path.join(self.step_dir(step), PROMPT_NPY))
+    if export is not None and jax.process_index() == 0:
+      export(self.step_dir(step))
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """(state, metadata) of checkpoint_<step>, shaped like `abstract_state`."""
@@ -93,21 +104,6 @@ class DeltaCheckpointer:
     self._manager.close()
 
 
-def single_prompt(prompt_collection: Dict[str, Any]) -> np.ndarray:
-  """The one [length, embed] array of a 'prompt' collection."""
-  leaves = jax.tree_util.tree_leaves(prompt_collection)
-  if len(leaves) != 1:
-    raise ValueError(f'Expected one prompt array, found {len(leaves)}.')
-  return np.asarray(leaves[0])
-
-
-def export_prompt_npy(prompt_collection: Dict[str, Any], path: str) -> None:
-  """Writes the prompt as .npy [length, embed], atomically."""
-  buffer = io.BytesIO()
-  np.save(buffer, single_prompt(prompt_collection))
-  _atomic_write(path, buffer.getvalue())
-
-
 def load_npy(path: str) -> np.ndarray:
   """A .npy file, local or on a remote filesystem (gs://...)."""
   if '://' in path:
@@ -119,7 +115,8 @@ def load_npy(path: str) -> np.ndarray:
   return np.load(path)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file and a rename."""
   if '://' in path:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tmp = path + '.tmp'
@@ -195,17 +192,14 @@ def restore_state_on_host(directory: str) -> Dict[str, Any]:
   return checkpointer.restore(directory, target)
 
 
-def read_trainable(path: str) -> Dict[str, Any]:
-  """The trainable collections stored in a checkpoint (or a MODEL_DIR's latest)."""
+def read_delta(path: str) -> Dict[str, Any]:
+  """Every non-base variable stored in a checkpoint (or a MODEL_DIR's latest), as numpy.
+
+  That is the trained variables and the deltas' frozen ones, merged into one
+  variables tree (e.g. {'prompt': {'prompt': {'prompt': [P, d]}}}).
+  """
   state = restore_state_on_host(os.path.join(resolve_checkpoint(path), 'state'))
-  return jax.tree_util.tree_map(np.asarray, state['trainable'])
-
-
-def read_prompt(path: str) -> np.ndarray:
-  """The prompt [length, embed] of a delta checkpoint, a MODEL_DIR, or a .npy file."""
-  if path.endswith('.npy'):
-    return load_npy(path)
-  trainable = read_trainable(path)
-  if 'prompt' not in trainable:
-    raise ValueError(f'{path} holds no prompt (trainable collections: {sorted(trainable)}).')
-  return single_prompt(trainable['prompt'])
+  state = jax.tree_util.tree_map(np.asarray, state)
+  variables = flatten_dict(state.get('frozen_delta', {}))
+  variables.update(flatten_dict(state['trainable']))
+  return unflatten_dict(variables)

@@ -5,6 +5,8 @@ Each function takes
     prompt    [b or 1, P, d]  (a batch of 1 is shared by every example)
     embedded  [b, L, d]       the embedded input tokens
     mask      [b, L]          booleans, True at real tokens
+    tokens    [b, L]          the input ids (for placements that read them,
+                              such as templates; optional)
 
 and returns (combined [b, L + P, d], mask [b, L + P]); prompt positions are
 always valid. All are pure jnp and jit-able; the output length is static.
@@ -18,13 +20,13 @@ always valid. All are pure jnp and jit-able; the output length is static.
 `combined_mask` gives only the mask, for the encoder-decoder attention mask
 during decoding, where no embeddings are at hand.
 """
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-CombineFn = Callable[[Array, Array, Array], Tuple[Array, Array]]
+CombineFn = Callable[..., Tuple[Array, Array]]
 
 
 def _broadcast_prompt(prompt: Array, embedded: Array) -> Array:
@@ -43,7 +45,8 @@ def _prompt_mask(prompt: Array, mask: Array) -> Array:
   return jnp.ones((mask.shape[0], prompt.shape[1]), bool)
 
 
-def prefix(prompt: Array, embedded: Array, mask: Array) -> Tuple[Array, Array]:
+def prefix(prompt: Array, embedded: Array, mask: Array,
+           tokens: Optional[Array] = None) -> Tuple[Array, Array]:
   """[prompt, input]: the paper's placement.
 
   Returns:
@@ -54,8 +57,8 @@ def prefix(prompt: Array, embedded: Array, mask: Array) -> Tuple[Array, Array]:
           jnp.concatenate([_prompt_mask(prompt, mask), mask.astype(bool)], axis=1))
 
 
-def after_first_token(prompt: Array, embedded: Array,
-                      mask: Array) -> Tuple[Array, Array]:
+def after_first_token(prompt: Array, embedded: Array, mask: Array,
+                      tokens: Optional[Array] = None) -> Tuple[Array, Array]:
   """[input[:1], prompt, input[1:]]: keeps token 0 (BOS) first.
 
   Returns:
@@ -69,7 +72,8 @@ def after_first_token(prompt: Array, embedded: Array,
   return combined, combined_mask
 
 
-def suffix(prompt: Array, embedded: Array, mask: Array) -> Tuple[Array, Array]:
+def suffix(prompt: Array, embedded: Array, mask: Array,
+           tokens: Optional[Array] = None) -> Tuple[Array, Array]:
   """The prompt right after each example's last real token, before its padding.
 
   With `end` = 1 + the index of example b's last real token (0 if none),
@@ -100,7 +104,8 @@ def suffix(prompt: Array, embedded: Array, mask: Array) -> Tuple[Array, Array]:
   return combined, combined_mask
 
 
-def combined_mask(combine: CombineFn, mask: Array, prompt_length: int) -> Array:
+def combined_mask(combine: CombineFn, mask: Array, prompt_length: int,
+                  tokens: Optional[Array] = None) -> Array:
   """The mask `combine` gives for input mask [b, L] and P = `prompt_length`.
 
   Runs `combine` on zero-width embeddings, so no embedding is needed or read.
@@ -111,7 +116,28 @@ def combined_mask(combine: CombineFn, mask: Array, prompt_length: int) -> Array:
   batch, length = mask.shape
   empty_prompt = jnp.zeros((1, prompt_length, 0), jnp.float32)
   empty_input = jnp.zeros((batch, length, 0), jnp.float32)
-  return combine(empty_prompt, empty_input, mask)[1]
+  return combine(empty_prompt, empty_input, mask, tokens)[1]
 
 
-__all__ = ['CombineFn', 'after_first_token', 'combined_mask', 'prefix', 'suffix']
+COMBINE_FUNCTIONS = {'prefix': prefix, 'after_first_token': after_first_token,
+                     'suffix': suffix}
+
+
+def name_of(combine: CombineFn) -> str:
+  """The registered name of `combine` (what a checkpoint records)."""
+  for name, fn in COMBINE_FUNCTIONS.items():
+    if fn is combine:
+      return name
+  raise ValueError(f'{combine} is not one of the combine functions '
+                   f'{sorted(COMBINE_FUNCTIONS)}; add it to COMBINE_FUNCTIONS so '
+                   'checkpoints can name it.')
+
+
+def by_name(name: str) -> CombineFn:
+  if name not in COMBINE_FUNCTIONS:
+    raise ValueError(f'Unknown combine function {name!r}; one of {sorted(COMBINE_FUNCTIONS)}.')
+  return COMBINE_FUNCTIONS[name]
+
+
+__all__ = ['COMBINE_FUNCTIONS', 'CombineFn', 'after_first_token', 'by_name',
+           'combined_mask', 'name_of', 'prefix', 'suffix']

@@ -1,0 +1,22 @@
+"""Methods as deltas: small plug-ins attached at the backbone's sites.
+
+    from prompt_tuning.deltas import PromptTuning, initializers
+    model = Transformer(config, deltas=(PromptTuning(length=100,
+                                                     init=initializers.sampled_vocab()),))
+
+`base.Delta` is the spec every method implements; `paths` the regex
+vocabulary over variable paths (train, save, restore, bank). Importing this
+package registers every method, so a checkpoint's recorded deltas rebuild.
+"""
+from prompt_tuning.deltas import combine, initializers, paths
+from prompt_tuning.deltas.base import (Delta, check_deltas, delta_from_config, export_all,
+                                       logical_axis_rules, register, registered,
+                                       trainable_patterns)
+from prompt_tuning.deltas.prompt import Prompt, PromptTuning
+from prompt_tuning.deltas.records import read_prompt, recorded_deltas
+
+__all__ = [
+    'Delta', 'Prompt', 'PromptTuning', 'check_deltas', 'combine', 'delta_from_config',
+    'export_all', 'initializers', 'logical_axis_rules', 'paths', 'read_prompt',
+    'recorded_deltas', 'register', 'registered', 'trainable_patterns',
+]

@@ -1,0 +1,144 @@
+"""The Delta spec: what every method (prompt, LoRA, adapters, ...) says about itself.
+
+A delta is a small frozen dataclass. The backbone takes a tuple of them,
+`Transformer(config, deltas=(PromptTuning(length=100), ...))`, and they
+compose: each one keeps to its own variable collection and its own sites.
+What a delta declares:
+
+    kind                 its name in checkpoints and the registry ('prompt')
+    collection           its variable collection (never 'params')
+    trainable_patterns() path regexes it trains (see `paths`); by default its
+                         whole collection; BitFit / norm tuning add `params/...`
+    logical_axis_rules() (logical name, mesh axis) pairs for its variables' axes
+    sites                the site names it attaches to (`model/sites.py`)
+    setup(root)          creates modules that must live at the model's root
+    intercept(...)       its handler at those sites
+    materialize(vars)    trained -> served variables (identity by default)
+    export(vars, dir)    files for other tools, e.g. prompt.npy
+    bank_leaves()        {path regex: rank of the served leaf}: leaves that
+                         take a leading per-example axis in a bank
+    to_config()          JSON that `from_config` rebuilds the delta from
+
+A new method is a module in this package with one such class, registered
+with `@register`, and a gin file in gin/methods/.
+"""
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Sequence, Tuple, Type
+
+import flax.linen as nn
+
+from prompt_tuning.model.sites import Site
+
+Variables = Dict[str, Any]
+LogicalAxisRules = Tuple[Tuple[str, Any], ...]
+
+_REGISTRY: Dict[str, Type['Delta']] = {}
+
+
+def register(cls: Type['Delta']) -> Type['Delta']:
+  """Class decorator: makes `cls` loadable by its `kind` from a checkpoint's record."""
+  if not cls.kind:
+    raise ValueError(f'{cls.__name__} has no kind.')
+  _REGISTRY[cls.kind] = cls
+  return cls
+
+
+def registered() -> Dict[str, Type['Delta']]:
+  """{kind: class} of every delta imported so far (see `prompt_tuning.deltas`)."""
+  return dict(_REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+  """The interface; subclasses are frozen dataclasses (hashable module fields)."""
+  kind: ClassVar[str] = ''
+  sites: ClassVar[Tuple[str, ...]] = ()
+
+  @property
+  def collection(self) -> str:
+    raise NotImplementedError
+
+  def trainable_patterns(self) -> Tuple[str, ...]:
+    return (f'{self.collection}/.*',)
+
+  def logical_axis_rules(self) -> LogicalAxisRules:
+    return ()
+
+  def setup(self, root: nn.Module) -> None:
+    """Called in the root model's `setup`; assign root-level modules on `root`."""
+    del root
+
+  def intercept(self, site: Site, next_fun: Callable[..., Any], args: tuple, kwargs: dict,
+                module: nn.Module) -> Any:
+    """The handler at `site` (one of `sites`): call `next_fun` and change its result."""
+    raise NotImplementedError
+
+  def materialize(self, variables: Variables) -> Variables:
+    """Trained variables -> served ones (e.g. a prompt encoder collapsed to its prompt)."""
+    return variables
+
+  def export(self, variables: Variables, directory: str) -> List[str]:
+    """Writes files other tools read into `directory`; returns their paths."""
+    del variables, directory
+    return []
+
+  def bank_leaves(self) -> Dict[str, int]:
+    return {}
+
+  def to_config(self) -> Dict[str, Any]:
+    """JSON-able fields; callables (initializers) are recorded by name only."""
+    return {'kind': self.kind}
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> 'Delta':
+    fields = {k: v for k, v in config.items() if k != 'kind'}
+    return cls(**fields)
+
+
+def delta_from_config(config: Mapping[str, Any]) -> Delta:
+  """The delta a checkpoint recorded; an unknown kind names the registered ones."""
+  kind = config.get('kind')
+  if kind not in _REGISTRY:
+    raise ValueError(f'A checkpoint records a delta of kind {kind!r}, which is not '
+                     f'registered here (registered: {sorted(_REGISTRY)}).')
+  return _REGISTRY[kind].from_config(config)
+
+
+def trainable_patterns(deltas: Sequence[Delta]) -> Tuple[str, ...]:
+  """Every delta's trainable patterns, in order, without repeats."""
+  patterns: List[str] = []
+  for delta in deltas:
+    patterns += [p for p in delta.trainable_patterns() if p not in patterns]
+  return tuple(patterns)
+
+
+def logical_axis_rules(deltas: Sequence[Delta]) -> LogicalAxisRules:
+  rules: List[Tuple[str, Any]] = []
+  for delta in deltas:
+    rules += [tuple(r) for r in delta.logical_axis_rules() if tuple(r) not in rules]
+  return tuple(rules)
+
+
+def check_deltas(deltas: Sequence[Delta]) -> None:
+  """Deltas must not share a collection (one delta's variables are its own)."""
+  seen: Dict[str, Delta] = {}
+  for delta in deltas:
+    if delta.collection == 'params':
+      raise ValueError(f'{type(delta).__name__} uses the collection "params", which is the '
+                       'backbone\'s; a delta keeps its variables in its own collection.')
+    if delta.collection in seen:
+      raise ValueError(f'Two deltas use the collection {delta.collection!r}: '
+                       f'{seen[delta.collection]} and {delta}. Give one another name.')
+    seen[delta.collection] = delta
+
+
+def export_all(deltas: Sequence[Delta], variables: Variables, directory: str) -> List[str]:
+  """Every delta's exports of `variables` (materialized) into `directory`."""
+  written: List[str] = []
+  for delta in deltas:
+    written += delta.export(delta.materialize(variables), directory)
+  return written
+
+
+__all__ = ['Delta', 'check_deltas', 'delta_from_config', 'export_all', 'logical_axis_rules',
+           'register', 'registered', 'trainable_patterns']

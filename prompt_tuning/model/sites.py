@@ -1,0 +1,140 @@
+"""The sites: the method boundaries of the backbone where deltas attach.
+
+A delta (see `prompt_tuning.deltas`) never edits the backbone: it wraps one or
+more of the methods below with `flax.linen.intercept_methods`, while the
+model's own `__call__`, `encode` and `decode` run (`attach`). Every caller
+(the train step, decoding, evaluation, benches, tools) therefore works
+unchanged, and the `params` tree never changes for a method.
+
+Shapes: batch b, input length l (l' after a delta lengthened it), target
+length t, query length q, key length k, model width d, heads h, head width
+hd, MLP width m.
+
+| site             | module.method                            | arguments -> result |
+|------------------|------------------------------------------|---------------------|
+| encoder_input    | Transformer.embed_encoder_inputs         | tokens [b, l] -> (embedded [b, l', d], mask [b, l']) |
+| encoder_mask     | Transformer.encoder_mask                 | tokens [b, l] -> mask [b, l'] (cached decoding's cross-attention mask) |
+| encoder_layer    | EncoderLayer.__call__                    | x [b, l', d], bias [b|1, h, l', l'], enable_dropout -> [b, l', d] |
+| decoder_layer    | DecoderLayer.__call__                    | x [b, t, d], encoded [b, l', d], self_bias, cross_bias, enable_dropout, decode -> [b, t, d] |
+| attention        | MultiHeadDotProductAttention.__call__    | inputs_q [b, q, d], inputs_kv [b, k, d], bias [b|1, h|1, q, k] -> [b, q, d] |
+| attention_scores | MultiHeadDotProductAttention.attend      | query [b, q, h, hd], key [b, k, h, hd], value [b, k, h, hd], bias -> [b, q, h, hd] |
+| mlp              | MlpBlock.__call__                        | x [b, l, d], enable_dropout -> [b, l, d] |
+| dense            | Dense.__call__                           | x [..., in] -> [..., out] (every projection) |
+
+`attention_scores` runs after keys and values are formed, and in cached
+decoding after the cache is updated, so key [b, max_len, h, hd] is the whole
+cache there: a prefix added at this site is never written to the cache. The
+MLP's hidden activation [b, l, m] is the input of its `wo` dense site.
+
+Sites are matched by the class name anywhere in the module's MRO (so
+`nn.remat`'s lifted layer classes match too) and the method name; the
+module's path, e.g. ('encoder', 'layers_0', 'attention', 'query'), is the
+`/`-joined string deltas match with regexes.
+"""
+import contextlib
+import dataclasses
+import threading
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import flax.linen as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+  """A method boundary: `owner` is a class of `prompt_tuning.model`, `method` its method."""
+  name: str
+  owner: str
+  method: str
+  signature: str
+
+
+SITES: Tuple[Site, ...] = (
+    Site('encoder_input', 'Transformer', 'embed_encoder_inputs',
+         'tokens [b, l] -> (embedded [b, l\', d], mask [b, l\'])'),
+    Site('encoder_mask', 'Transformer', 'encoder_mask', 'tokens [b, l] -> mask [b, l\']'),
+    Site('encoder_layer', 'EncoderLayer', '__call__',
+         'x [b, l, d], bias [b|1, h, l, l], enable_dropout -> [b, l, d]'),
+    Site('decoder_layer', 'DecoderLayer', '__call__',
+         'x [b, t, d], encoded [b, l, d], self_bias, cross_bias, enable_dropout, decode '
+         '-> [b, t, d]'),
+    Site('attention', 'MultiHeadDotProductAttention', '__call__',
+         'inputs_q [b, q, d], inputs_kv [b, k, d], bias [b|1, h|1, q, k] -> [b, q, d]'),
+    Site('attention_scores', 'MultiHeadDotProductAttention', 'attend',
+         'query [b, q, h, hd], key [b, k, h, hd], value [b, k, h, hd], bias, enable_dropout '
+         '-> [b, q, h, hd]'),
+    Site('mlp', 'MlpBlock', '__call__', 'x [b, l, d], enable_dropout -> [b, l, d]'),
+    Site('dense', 'Dense', '__call__', 'x [..., in] -> [..., out]'),
+)
+SITES_BY_NAME: Dict[str, Site] = {site.name: site for site in SITES}
+_BY_METHOD: Dict[Tuple[str, str], Site] = {(s.owner, s.method): s for s in SITES}
+
+
+def get_site(name: str) -> Site:
+  """The site called `name`; an unknown name is an error listing the sites."""
+  if name not in SITES_BY_NAME:
+    raise ValueError(f'Unknown site {name!r}; the sites are {sorted(SITES_BY_NAME)} '
+                     '(prompt_tuning/model/sites.py).')
+  return SITES_BY_NAME[name]
+
+
+def site_of(module: nn.Module, method_name: str) -> Optional[Site]:
+  """The site a call of `module.method_name` is, or None."""
+  for cls in type(module).__mro__:
+    site = _BY_METHOD.get((cls.__name__, method_name))
+    if site is not None:
+      return site
+  return None
+
+
+def module_path(module: nn.Module) -> str:
+  """'encoder/layers_0/attention/query': the module's path, as deltas match it."""
+  return '/'.join(module.path)
+
+
+# A delta's handler: (site, next_fun, args, kwargs, module) -> the site's result.
+Handler = Callable[[Site, Callable[..., Any], tuple, dict, nn.Module], Any]
+
+_attached = threading.local()
+
+
+@contextlib.contextmanager
+def attach(deltas: Sequence[Any]) -> Iterator[None]:
+  """Runs the body with every delta's handlers wrapped around their sites.
+
+  Each delta has `sites` (names) and `intercept(site, next_fun, args, kwargs,
+  module)`; deltas wrap in order, the first one outermost. Re-entering with
+  the same deltas (`__call__` runs `encode` and `decode`) attaches once.
+  """
+  deltas = tuple(deltas)
+  active = getattr(_attached, 'deltas', None)
+  if not deltas or active == deltas:
+    yield
+    return
+  by_site: Dict[str, list] = {}
+  for delta in deltas:
+    for name in delta.sites:
+      by_site.setdefault(get_site(name).name, []).append(delta)
+
+  def interceptor(next_fun, args, kwargs, context):
+    site = site_of(context.module, context.method_name)
+    if site is None or site.name not in by_site:
+      return next_fun(*args, **kwargs)
+    fun = next_fun
+    for delta in reversed(by_site[site.name]):
+      fun = _bind(delta, site, fun, context.module)
+    return fun(*args, **kwargs)
+
+  _attached.deltas = deltas
+  try:
+    with nn.intercept_methods(interceptor):
+      yield
+  finally:
+    _attached.deltas = active
+
+
+def _bind(delta: Any, site: Site, next_fun: Callable[..., Any], module: nn.Module
+          ) -> Callable[..., Any]:
+  return lambda *args, **kwargs: delta.intercept(site, next_fun, args, kwargs, module)
+
+
+__all__ = ['SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path', 'site_of']
