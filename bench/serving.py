@@ -31,9 +31,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import best_time, device_description  # pylint: disable=g-import-not-at-top
 
-from prompt_tuning.infer import predict, prompt_bank
+from prompt_tuning.deltas import PromptTuning, paths
+from prompt_tuning.infer import bank as bank_lib
+from prompt_tuning.infer import predict
 from prompt_tuning.model import SIZES, Transformer
-from prompt_tuning.prompts import PromptTransformer
 
 
 def _timed(one_pass, separate, examples: int, repeats: int, compiled: bool = False):
@@ -73,7 +74,8 @@ def main() -> None:
   args = parser.parse_args()
 
   config = SIZES[args.size].replace(dropout_rate=0.0, dtype=args.dtype)
-  model = PromptTransformer(config, prompt_length=args.prompt_length)
+  prompt = PromptTuning(length=args.prompt_length)
+  model = Transformer(config, deltas=(prompt,))
   rng = np.random.RandomState(0)
   batch = args.tasks * args.per_task
   tokens = jnp.asarray(rng.randint(2, 32000, (batch, args.inputs)), jnp.int32)
@@ -81,25 +83,27 @@ def main() -> None:
   params = nn.unbox(jax.jit(Transformer(config).init)(
       jax.random.PRNGKey(0), tokens[:1], targets[:1], targets[:1])['params'])
   variables = {'params': params}
-  bank = jnp.asarray(rng.normal(0, 0.5, (args.tasks, args.prompt_length, config.emb_dim)),
-                     jnp.float32)
+  # A bank of one prompt per task; its stacked leaf is [tasks, P, d].
+  _, bank = bank_lib.stack([prompt.with_prompt({}, rng.normal(
+      0, 0.5, (args.prompt_length, config.emb_dim))) for _ in range(args.tasks)], (prompt,))
   # Tasks interleaved in the batch, as requests arrive.
   task_of = np.arange(batch) % args.tasks
   rows_of = [np.flatnonzero(task_of == t) for t in range(args.tasks)]
 
   decoding = predict.DecodingConfig(eos_id=-1)  # no early stop: equal work per pass
-  # The prompt is [P, d] (one for the batch) or [b, P, d] (per example); one
-  # jitted function serves both and compiles once per shape.
-  decode = jax.jit(lambda v, p, x: predict.decode(
-      model, prompt_bank.with_prompts(v, p), x, args.targets, decoding))
-  score = jax.jit(lambda v, p, x, y: predict.score(model, prompt_bank.with_prompts(v, p), x, y))
-  select = jax.jit(prompt_bank.select)
+  # The delta's leaves are [P, d] (one for the batch) or [b, P, d] (per
+  # example); one jitted function serves both and compiles once per shape.
+  decode = jax.jit(lambda v, p, x: predict.decode(model, paths.merge(v, p), x, args.targets,
+                                                  decoding))
+  score = jax.jit(lambda v, p, x, y: predict.score(model, paths.merge(v, p), x, y))
+  select = jax.jit(bank_lib.select)
+  member = lambda t: bank_lib.member(bank, t)
 
   # The mixed batch's outputs must be the per-task outputs.
   mixed = np.asarray(decode(variables, select(bank, task_of), tokens))
   alone = np.zeros_like(mixed)
   for t, rows in enumerate(rows_of):
-    alone[rows] = np.asarray(decode(variables, bank[t], tokens[rows]))
+    alone[rows] = np.asarray(decode(variables, member(t), tokens[rows]))
 
   result = {
       'benchmark': 'serving', 'device': device_description(), 'size': args.size,
@@ -111,14 +115,13 @@ def main() -> None:
       'ensemble': {'prompts': args.ensemble, 'examples': args.ensemble_examples},
   }
   sub = tokens[:args.ensemble_examples]
-  ens_tokens, ens_index = prompt_bank.replicate_for_ensemble(sub, args.ensemble)
-  ens_bank = bank[:args.ensemble]
+  ens_tokens, ens_index = bank_lib.replicate_for_ensemble(sub, args.ensemble)
   workloads = [('greedy_decode', decode, ())]
   if not args.skip_scoring:
     workloads.append(('teacher_forced_score', score, (targets,)))
   for name, fn, extra in workloads:
     mixed_pass = lambda: fn(variables, select(bank, task_of), tokens, *extra)
-    per_task = [lambda rows=rows, t=t: fn(variables, bank[t], tokens[rows],
+    per_task = [lambda rows=rows, t=t: fn(variables, member(t), tokens[rows],
                                           *[e[rows] for e in extra])
                 for t, rows in enumerate(rows_of)]
     # Greedy decoding of both shapes was compiled by the check above.
@@ -126,8 +129,8 @@ def main() -> None:
                                          compiled=fn is decode)
 
     ens_extra = [jnp.repeat(e[:args.ensemble_examples], args.ensemble, 0) for e in extra]
-    ens_pass = lambda: fn(variables, select(ens_bank, ens_index), ens_tokens, *ens_extra)
-    per_prompt = [lambda j=j: fn(variables, ens_bank[j], sub,
+    ens_pass = lambda: fn(variables, select(bank, ens_index), ens_tokens, *ens_extra)
+    per_prompt = [lambda j=j: fn(variables, member(j), sub,
                                  *[e[:args.ensemble_examples] for e in extra])
                   for j in range(args.ensemble)]
     result['ensemble'][name] = _timed(ens_pass, per_prompt, args.ensemble_examples,

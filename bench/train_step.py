@@ -10,10 +10,12 @@ tokens (+ a 100-token soft prompt for the prompt-tuning systems) and 8 target
 tokens, random weights and random token ids in [1, 32000) (seed 0, the same
 arrays for every system):
 
-  prompt  our PromptTransformer(prompt_length=100), trainable ('prompt',), the
-          paper's Adafactor, `make_train_step` (the trainer's step).
-  model   our Transformer, trainable ('params',), T5 fine-tuning Adafactor
-          (lr 1e-3, no weight decay, parameter scaling), `make_train_step`.
+  prompt  gin/runs/prompt_tune.gin's method: a 100-token prompt delta, trained
+          paths prompt/.*, the paper's Adafactor, `make_train_step` (the
+          trainer's step).
+  model   gin/runs/model_tune.gin's method: trained paths params/.*, T5
+          fine-tuning Adafactor (lr 1e-3, no weight decay, parameter
+          scaling), `make_train_step`.
   peft    peft.PromptTuningConfig(SEQ_2_SEQ_LM, 100 virtual tokens) on
           transformers.T5ForConditionalGeneration of the same shape (untied
           head), PyTorch CPU with 2 threads, transformers' Adafactor with the
@@ -191,41 +193,31 @@ def run_ours(kind: str, args) -> dict:
   import optax  # pylint: disable=g-import-not-at-top
   from forward import model_flops  # pylint: disable=g-import-not-at-top
   from prompt_tuning.model import SIZES, Transformer, num_parameters  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.prompts.prompt import PromptTransformer  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.optimizers import Adafactor  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.step import TrainState, make_train_step, split_variables  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.method import from_run_files  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train.trainer import initialize_variables  # pylint: disable=g-import-not-at-top
 
   config = SIZES[args.size].replace(dropout_rate=args.dropout, dtype='float32')
   enc, dec, tgt = make_data(args.batch, args.inputs, args.targets)
   batch = {'encoder_input_tokens': jnp.asarray(enc), 'decoder_input_tokens': jnp.asarray(dec),
            'decoder_target_tokens': jnp.asarray(tgt)}
-  backbone = Transformer(config)
   rng = jax.random.PRNGKey(SEED)
-  params = jax.jit(backbone.init)(rng, batch['encoder_input_tokens'][:1],
-                                  batch['decoder_input_tokens'][:1],
-                                  batch['decoder_target_tokens'][:1])['params']
+  params = jax.jit(Transformer(config).init)(rng, batch['encoder_input_tokens'][:1],
+                                             batch['decoder_input_tokens'][:1],
+                                             batch['decoder_target_tokens'][:1])['params']
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else params
-  if kind == 'prompt':
-    model = PromptTransformer(config, prompt_length=PROMPT_LENGTH)
-    trainable_collections = ('prompt',)
-    optimizer = Adafactor()
-    optimizer_desc = 'prompt_tuning.train.optimizers.Adafactor() (paper: lr 0.3, decay 0.8, wd 1e-5, clip 1.0)'
-    encoder_length = args.inputs + PROMPT_LENGTH
-    flops_multiple = 2
-  else:
-    model = backbone
-    trainable_collections = ('params',)
-    optimizer = Adafactor(learning_rate=1e-3, weight_decay_rate=None,
-                          multiply_by_parameter_scale=True)
-    optimizer_desc = ('prompt_tuning.train.optimizers.Adafactor(learning_rate=1e-3, '
-                      'weight_decay_rate=None, multiply_by_parameter_scale=True)')
-    encoder_length = args.inputs
-    flops_multiple = 3
+  # The settings of the run files themselves (deltas, trained paths, optimizer).
+  run_file = {'prompt': 'gin/runs/prompt_tune.gin', 'model': 'gin/runs/model_tune.gin'}[kind]
+  method = from_run_files([run_file], config, [f'PROMPT_LENGTH = {PROMPT_LENGTH}'] *
+                          (kind == 'prompt'))
+  model = method.model
+  optimizer_desc = f'{run_file}: {method.optimizer}'
+  encoder_length = args.inputs + (PROMPT_LENGTH if kind == 'prompt' else 0)
+  flops_multiple = 2 if kind == 'prompt' else 3
   variables = initialize_variables(model, params, jax.random.fold_in(rng, 1),
                                    {'inputs': args.inputs, 'targets': args.targets})
-  frozen, trainable = split_variables(variables, trainable_collections)
-  tx = optimizer.build(0)
+  frozen, trainable = method.split(variables)
+  tx = method.optimizer.build(0)
   state = TrainState(step=jnp.asarray(0, jnp.int32), frozen=frozen, trainable=trainable,
                      opt_state=tx.init(trainable))
   step_fn = make_train_step(model, tx, SEED)
@@ -276,7 +268,7 @@ def run_ours(kind: str, args) -> dict:
       'framework': f'jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}',
       'device': f'{jax.devices()[0].platform} x{jax.device_count()}',
       'threads': 'XLA CPU thread pool (defaults to all visible cores)',
-      'trainable_collections': list(trainable_collections),
+      'trainable': list(method.trainable_patterns),
       'optimizer': optimizer_desc,
       'trainable_parameters': n_trainable,
       'backbone_parameters': num_parameters(config),

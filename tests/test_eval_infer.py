@@ -14,11 +14,12 @@ import pytest
 
 from prompt_tuning import cli
 from prompt_tuning import gin_utils
-from prompt_tuning.infer import batch_infer, checkpoint_eval, loading, prompt_bank
+from prompt_tuning.deltas import PromptTuning
+from prompt_tuning.infer import bank as bank_lib
+from prompt_tuning.infer import batch_infer, checkpoint_eval, loading
 from prompt_tuning.model import SIZES, Transformer, compute_weighted_cross_entropy
 from prompt_tuning.model import hf_checkpoint, load_pretrained
-from prompt_tuning.prompts import PromptTransformer
-from prompt_tuning.train.checkpoints import (DeltaCheckpointer, FingerprintMismatchError,
+from prompt_tuning.model.checkpoints import (DeltaCheckpointer, FingerprintMismatchError,
                                              fingerprint)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,18 +47,23 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, base):
-  """A model directory with delta checkpoints at STEPS, each a different random prompt."""
+  """A model directory with delta checkpoints at STEPS, each a different random prompt.
+
+  Their metadata is the format written before deltas existed (no `deltas`,
+  `trainable_collections`): the loader must still rebuild their prompt.
+  """
   path, params = base
   model_dir = tmp_path_factory.mktemp('run')
   checkpointer = DeltaCheckpointer(str(model_dir), keep=None)
   rng = np.random.RandomState(0)
+  delta = PromptTuning(length=PROMPT_LENGTH)
   for step in STEPS:
-    prompt = rng.normal(0, 2.0, (PROMPT_LENGTH, 64)).astype(np.float32)
-    checkpointer.save(step, {'step': np.int32(step),
-                             'trainable': {'prompt': {'prompt': {'prompt': prompt}}},
+    trainable = delta.with_prompt({}, rng.normal(0, 2.0, (PROMPT_LENGTH, 64)).astype(np.float32))
+    checkpointer.save(step, {'step': np.int32(step), 'trainable': trainable,
                              'opt_state': {'v': np.zeros((PROMPT_LENGTH,), np.float32)}},
                       {'base_checkpoint': path, 'base_fingerprint': fingerprint(params),
-                       'base_step': 0, 'trainable_collections': ['prompt']})
+                       'base_step': 0, 'trainable_collections': ['prompt']},
+                      export=lambda directory, t=trainable: delta.export(t, directory))
   checkpointer.close()
   return model_dir
 
@@ -133,7 +139,7 @@ def test_ensemble_of_three_is_their_majority_vote(directory_eval, run_dir, tmp_p
   checkpoints = [str(run_dir / f'checkpoint_{step}') for step in order]
   _evaluate(tmp_path / 'decode', PROMPT_FILES=checkpoints)
   separate = [_predictions(output_dir, step) for step in order]
-  voted = prompt_bank.majority_vote([p for row in zip(*separate) for p in row], 3)
+  voted = bank_lib.majority_vote([p for row in zip(*separate) for p in row], 3)
   assert _predictions(tmp_path / 'decode', -1) == voted
 
   # Rank classification: 2 labels, so 3 voters always have a strict majority.
@@ -145,7 +151,7 @@ def test_ensemble_of_three_is_their_majority_vote(directory_eval, run_dir, tmp_p
   ensemble = _evaluate(tmp_path / 'rank_ensemble', PROMPT_FILES=checkpoints,
                        RANK_CLASSIFICATION_LABELS=labels)
   separate = [_predictions(tmp_path / 'rank_single', step) for step in order]
-  voted = prompt_bank.majority_vote([p for row in zip(*separate) for p in row], 3)
+  voted = bank_lib.majority_vote([p for row in zip(*separate) for p in row], 3)
   assert _predictions(tmp_path / 'rank_ensemble', -1) == voted
   assert any(v != s for v, s in zip(voted, separate[0]))  # the vote really decides
   targets = [t for _, t in fixture_tasks._examples('validation', 32)]  # pylint: disable=protected-access
@@ -197,7 +203,7 @@ def test_infer_scores_are_minus_the_teacher_forced_loss(run_dir, base, tmp_path)
 
   # Independently: the checkpoint's prompt on the base, T5X's loss per example.
   prompt = np.load(run_dir / 'checkpoint_10' / 'prompt.npy')
-  model = PromptTransformer(SIZES['tiny'], prompt_length=PROMPT_LENGTH)
+  model = Transformer(SIZES['tiny'], deltas=(PromptTuning(length=PROMPT_LENGTH),))
   variables = {'params': base[1], 'prompt': {'prompt': {'prompt': prompt}}}
   vocabulary = fixture_tasks.VOCABULARY
   examples = list(fixture_tasks._examples('validation', 32))  # pylint: disable=protected-access
@@ -236,23 +242,23 @@ def test_infer_scores_are_minus_the_teacher_forced_loss(run_dir, base, tmp_path)
 def test_a_base_with_another_fingerprint_is_refused(run_dir, base, tmp_path):
   other = jax.tree_util.tree_map(lambda x: x * 1.5, base[1])
   hf_checkpoint.write_hf_t5(SIZES['tiny'], other, str(tmp_path / 'other'))
-  loader = loading.VariableLoader(PromptTransformer(SIZES['tiny']), str(tmp_path / 'other'))
+  loader = loading.VariableLoader(Transformer(SIZES['tiny']), str(tmp_path / 'other'))
   with pytest.raises(FingerprintMismatchError, match='fingerprint'):
     loader.checkpoint(str(run_dir / 'checkpoint_10'))
   with pytest.raises(FingerprintMismatchError, match='fingerprint'):
-    loader.prompts([str(run_dir / 'checkpoint_10')])
+    loader.members([str(run_dir / 'checkpoint_10')])
 
 
 def test_prompts_of_different_shapes_are_refused(run_dir, base, tmp_path):
   bad = tmp_path / 'long.npy'
   np.save(bad, np.zeros((PROMPT_LENGTH + 2, 64), np.float32))
-  loader = loading.VariableLoader(PromptTransformer(SIZES['tiny']), base[0])
+  loader = loading.VariableLoader(Transformer(SIZES['tiny']), base[0])
   with pytest.raises(ValueError, match=r'one shape.*\(5, 64\).*long.npy \(7, 64\)'):
-    loader.prompts([str(run_dir / 'checkpoint_10' / 'prompt.npy'), str(bad)])
+    loader.members([str(run_dir / 'checkpoint_10' / 'prompt.npy'), str(bad)])
 
 
 def test_missing_checkpoints_and_bases_are_named(run_dir, tmp_path):
-  loader = loading.VariableLoader(PromptTransformer(SIZES['tiny']))
+  loader = loading.VariableLoader(Transformer(SIZES['tiny']))
   with pytest.raises(FileNotFoundError, match='checkpoint_5 does not exist'):
     loader.checkpoint(str(run_dir / 'checkpoint_5'))
   with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
@@ -280,7 +286,7 @@ def test_configuration_errors_exit_with_one_line(tmp_path):
 def test_rank_classification_labels_may_hold_a_sentinel():
   from prompt_tuning.data import demo_tasks  # pylint: disable=g-import-not-at-top,unused-import
   from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.evaluation import InferenceEvaluator  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.infer.evaluation import InferenceEvaluator  # pylint: disable=g-import-not-at-top
   v = vocab.get_vocabulary()
   evaluator = InferenceEvaluator(
       'taskless_demo_world_boolq_sentinel', {'inputs': 8, 'targets': 4}, 2,

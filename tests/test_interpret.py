@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.prompts.neighbors import nearest_neighbors
-from prompt_tuning.train.checkpoints import DeltaCheckpointer, read_prompt
+from prompt_tuning.deltas import read_prompt
+from prompt_tuning.infer.neighbors import nearest_neighbors
+from prompt_tuning.model.checkpoints import DeltaCheckpointer
 
 
 def test_nearest_neighbors_by_cosine_similarity():
@@ -29,7 +30,8 @@ def test_extract_prompt_from_a_checkpoint(tmp_path):
   trainable = {'prompt': {'prompt': {'prompt': jnp.asarray(prompt)}}}
   DeltaCheckpointer(str(tmp_path / 'run')).save(
       7, {'step': jnp.asarray(7), 'trainable': trainable,
-          'opt_state': optax.adafactor(0.3).init(trainable)}, {'note': 'test'})
+          'opt_state': optax.adafactor(0.3).init(trainable)},
+      {'deltas': [{'kind': 'prompt', 'length': 3}]})
   np.testing.assert_array_equal(read_prompt(str(tmp_path / 'run')), prompt)
   out = subprocess.run([sys.executable, 'tools/extract_prompt.py', '--checkpoint',
                         str(tmp_path / 'run' / 'checkpoint_7'), '--output',

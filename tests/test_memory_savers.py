@@ -11,10 +11,10 @@ from prompt_tuning import gin_utils
 from prompt_tuning.infer import predict
 from prompt_tuning.model import SIZES, T5Config, Transformer
 from prompt_tuning.model.config import REMAT_POLICIES
-from prompt_tuning.prompts.prompt import PromptTransformer
+from prompt_tuning.deltas import PromptTuning, paths
 from prompt_tuning.train.optimizers import Adafactor
 from prompt_tuning.train.step import (TrainState, batch_loss, make_train_step,
-                                      split_microbatches, split_variables)
+                                      split_microbatches)
 
 TINY = SIZES['tiny'].replace(dropout_rate=0.1, dtype='float32')
 
@@ -87,12 +87,12 @@ def test_remat_cached_decoding_and_prompt_model_unchanged():
   config = T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
                     num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
   enc = jnp.asarray(np.random.RandomState(0).randint(2, 64, (3, 9)))
-  variables = _init(PromptTransformer(config, prompt_length=3),
+  prompted = lambda cfg: Transformer(cfg, deltas=(PromptTuning(length=3),))
+  variables = _init(prompted(config),
                     {'encoder_input_tokens': enc, 'decoder_input_tokens': enc[:, :4],
                      'decoder_target_tokens': enc[:, :4]})
-  plain = predict.decode(PromptTransformer(config, prompt_length=3), variables, enc, 6)
-  remat = predict.decode(PromptTransformer(config.replace(remat_policy='full'),
-                                           prompt_length=3), variables, enc, 6)
+  plain = predict.decode(prompted(config), variables, enc, 6)
+  remat = predict.decode(prompted(config.replace(remat_policy='full')), variables, enc, 6)
   np.testing.assert_array_equal(remat, plain)
 
 
@@ -115,10 +115,10 @@ def test_remat_policy_gin_switch(run):
   required = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'unused'",
               "INITIAL_CHECKPOINT_PATH = '/tmp/unused'"]
   gin_utils.parse_gin(files, required + ["REMAT_POLICY = 'full'"])
-  assert gin_utils.macro('MODEL').config.remat_policy == 'full'
+  assert gin_utils.macro('METHOD').model.config.remat_policy == 'full'
   gin.clear_config()
   gin_utils.parse_gin(files, required)
-  assert gin_utils.macro('MODEL').config.remat_policy == 'none'
+  assert gin_utils.macro('METHOD').model.config.remat_policy == 'none'
 
 
 def test_unknown_remat_policy_is_named():
@@ -129,9 +129,9 @@ def test_unknown_remat_policy_is_named():
 # -- microbatching ---------------------------------------------------------------
 
 
-def _one_step(model, variables, trainable_collections, optimizer, batch, num_microbatches,
+def _one_step(model, variables, trainable_patterns, optimizer, batch, num_microbatches,
               **loss_kwargs):
-  frozen, trainable = split_variables(variables, trainable_collections)
+  frozen, trainable = paths.partition(variables, trainable_patterns)
   # Fresh copies: the step donates the trainable variables and optimizer state.
   trainable = jax.tree_util.tree_map(jnp.array, trainable)
   tx = optimizer.build(0)
@@ -157,10 +157,10 @@ def _assert_same_step(big, micro, rtol=1e-5):
 
 def test_microbatched_prompt_tuning_step_equals_the_big_batch():
   config = TINY.replace(dropout_rate=0.0)  # equality needs the same (no) dropout
-  model = PromptTransformer(config, prompt_length=5)
+  model = Transformer(config, deltas=(PromptTuning(length=5),))
   batch = _batch()
   variables = _init(model, batch)
-  run = lambda n: _one_step(model, variables, ('prompt',), Adafactor(), batch, n)
+  run = lambda n: _one_step(model, variables, ('prompt/.*',), Adafactor(), batch, n)
   big = run(None)
   _assert_same_step(big, run(4))
   # The update moved the prompt (so the comparison is not trivially of the init).
@@ -177,7 +177,7 @@ def test_microbatched_model_tuning_step_equals_the_big_batch_per_token_normalize
                         multiply_by_parameter_scale=True)
   # A factor taken from the batch (T5X's NUM_REAL_TARGET_TOKENS) must be the
   # whole batch's token count in every microbatch, not the microbatch's own.
-  run = lambda n: _one_step(model, variables, ('params',), optimizer, batch, n,
+  run = lambda n: _one_step(model, variables, ('params/.*',), optimizer, batch, n,
                             loss_normalizing_factor='NUM_REAL_TARGET_TOKENS')
   big = run(1)
   _assert_same_step(big, run(4))

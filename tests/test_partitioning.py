@@ -25,8 +25,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from prompt_tuning.model import T5Config, Transformer, hf_checkpoint
-from prompt_tuning.prompts.prompt import PromptTransformer
-from prompt_tuning.train import checkpoints
+from prompt_tuning.deltas import PromptTuning, read_prompt
 from prompt_tuning.train import partitioning
 
 import mesh_runs as mesh_runs_lib  # tests/, on the path as pytest's rootdir
@@ -45,7 +44,10 @@ MODEL_GIN = model_gin(CONFIG)
 
 
 def _partitioner() -> partitioning.Partitioner:
-  return partitioning.Partitioner(devices=jax.devices()[:1])
+  """T5X's rules plus the prompt delta's, as the trainer adds them."""
+  partitioner = partitioning.Partitioner(devices=jax.devices()[:1])
+  partitioner.add_rules(PromptTuning().logical_axis_rules())
+  return partitioner
 
 
 # -- rules ----------------------------------------------------------------------
@@ -73,7 +75,7 @@ def test_rules_map_logical_axes_as_t5x(logical, expected):
 
 def test_the_models_variables_get_their_rules_shardings():
   tokens = np.ones((1, 8), np.int32)
-  model = PromptTransformer(CONFIG, prompt_length=5)
+  model = Transformer(CONFIG, deltas=(PromptTuning(length=5),))
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, tokens))
   specs = jax.tree_util.tree_map(lambda s: s.spec, _partitioner().variable_shardings(abstract))
   params = specs['params']
@@ -320,7 +322,7 @@ def test_two_processes_train_like_one(runs):
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(mesh_runs_lib.losses(str(model_dir)), reference['loss'], rtol=1e-5)
   # Read back here, on one device: another topology than the one that wrote it.
-  np.testing.assert_array_equal(checkpoints.read_prompt(str(model_dir)), prompt)
+  np.testing.assert_array_equal(read_prompt(str(model_dir)), prompt)
   # Both hosts evaluated; host 0 alone wrote the records.
   assert [r['step'] for r in _metrics_records(model_dir)] == [STEPS]
   assert json.loads((model_dir / 'best' / 'best.json').read_text())['step'] == STEPS

@@ -1,4 +1,4 @@
-"""Prompts: initializers on hand-worked tables, combination, the prompted T5, gin files."""
+"""Prompt tuning as a delta: initializers on hand-worked tables, combination, the prompted T5, gin files."""
 import functools
 import warnings
 
@@ -12,8 +12,8 @@ from flax.traverse_util import flatten_dict
 
 from prompt_tuning import gin_utils
 from prompt_tuning.model import SIZES, T5Config, Transformer
-from prompt_tuning.prompts import combine, initializers
-from prompt_tuning.prompts.prompt import Prompt, PromptTransformer
+from prompt_tuning.deltas import combine, initializers
+from prompt_tuning.deltas.prompt import Prompt, PromptTuning
 
 TINY = T5Config(vocab_size=128, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -181,8 +181,8 @@ def test_released_prompts_load_into_base(shared_data, task):
 def test_released_prompt_in_the_base_model_and_not_the_small_one(shared_data):
   path = str(shared_data / 'pretrained_prompts_t5_1_1_lm100k_base' / 'sst2.npy')
   tokens = jnp.ones((1, 4), jnp.int32)
-  init_shapes = lambda config: jax.eval_shape(lambda: PromptTransformer(
-      config, prompt_length=100, prompt_init=initializers.from_file(path)).init(
+  init_shapes = lambda config: jax.eval_shape(lambda: prompted(
+      config, length=100, init=initializers.from_file(path)).init(
           RNG, tokens, tokens, tokens))
   shapes = init_shapes(SIZES['base'])
   assert nn.unbox(shapes['prompt'])['prompt']['prompt'].shape == (100, 768)
@@ -232,7 +232,14 @@ def test_combine_keeps_the_activation_dtype_and_checks_shapes():
 # Compiling is the cost here (2 slow cores): parameters come from numpy, shapes
 # from eval_shape, and each network function is jitted once for the batch below.
 PROMPT_LENGTH = 3
-MODEL = PromptTransformer(TINY, prompt_length=PROMPT_LENGTH)
+
+
+def prompted(config, **prompt_fields):
+  """T5 with one prompt delta."""
+  return Transformer(config, deltas=(PromptTuning(**prompt_fields),))
+
+
+MODEL = prompted(TINY, length=PROMPT_LENGTH)
 PLAIN = Transformer(TINY)
 
 
@@ -294,7 +301,7 @@ def test_prompt_is_initialized_from_the_pretrained_embedding_by_apply():
   # Class labels 'x' (ids 5, 9) and 'y' (id 11), then sampled vocabulary.
   labels = initializers.class_labels(['x', 'y'], FakeVocab({'x': [5, 9], 'y': [11]}),
                                      fallback=initializers.sampled_vocab(16))
-  model = PromptTransformer(TINY, prompt_length=6, prompt_init=labels)
+  model = prompted(TINY, length=6, init=labels)
   # What the trainer does: apply with the pretrained params, 'prompt' mutable, jitted.
   init_prompt = jax.jit(lambda params, rng: nn.unbox(model.apply(
       {'params': params}, enc, dec_in, tgt, mutable=['prompt'],
@@ -326,7 +333,7 @@ def test_logits_equal_the_plain_model_on_a_hand_built_concatenation(where):
   if where == 'prefix':
     logits = _logits(variables, enc, dec_in, tgt)
   else:
-    model = PromptTransformer(TINY, prompt_length=PROMPT_LENGTH, combine=combine.suffix)
+    model = prompted(TINY, length=PROMPT_LENGTH, combine=combine.suffix)
     logits = jax.jit(model.apply)(variables, enc, dec_in, tgt)
 
   # Independently: embed, splice the prompt in by hand, run the plain network.
@@ -348,7 +355,7 @@ def test_cached_decoding_with_a_prompt_matches_teacher_forcing():
   enc, dec_in, tgt = _batch()
   variables = _variables()
   full = _logits(variables, enc, dec_in, jnp.ones_like(tgt))
-  encoded = jax.jit(functools.partial(MODEL.apply, method=PromptTransformer.encode))(
+  encoded = jax.jit(functools.partial(MODEL.apply, method=Transformer.encode))(
       variables, enc)
   assert encoded.shape == (3, 7 + PROMPT_LENGTH, TINY.emb_dim)
   length = dec_in.shape[1]
@@ -358,7 +365,7 @@ def test_cached_decoding_with_a_prompt_matches_teacher_forcing():
       _shapes(MODEL, enc, dec_in, tgt, decode=True, max_decode_length=length)['cache'])
   step = jax.jit(lambda cache, token: MODEL.apply(
       {**variables, 'cache': cache}, encoded, enc, token, decode=True,
-      max_decode_length=length, method=PromptTransformer.decode, mutable=['cache']))
+      max_decode_length=length, method=Transformer.decode, mutable=['cache']))
   steps = []
   for i in range(length):
     logits, mutated = step(cache, dec_in[:, i:i + 1])
@@ -389,11 +396,10 @@ def test_prompt_errors_are_clear():
 
 
 # -- gin -------------------------------------------------------------------------
-def _gin_model(files, bindings=()):
-  gin_utils.parse_gin(files, ['from prompt_tuning.prompts import prompt',
-                              'prompt.PromptTransformer.config = None',
-                              'MODEL = @prompt.PromptTransformer()', *bindings])
-  return gin_utils.macro('MODEL')
+def _gin_prompt(files, bindings=()):
+  gin_utils.parse_gin(files, ['from prompt_tuning.deltas import prompt',
+                              'DELTA = @prompt.PromptTuning()', *bindings])
+  return gin_utils.macro('DELTA')
 
 
 @pytest.mark.parametrize('name, expected', [
@@ -401,16 +407,16 @@ def _gin_model(files, bindings=()):
     ('sampled_vocab', initializers.sampled_vocab(5000)),
 ])
 def test_gin_random_and_sampled(name, expected):
-  model = _gin_model([f'gin/prompts/{name}.gin'])
-  assert isinstance(model, PromptTransformer)
-  assert model.prompt_length == 100 and model.prompt_init == expected
-  assert _gin_model([f'gin/prompts/{name}.gin'], ['PROMPT_LENGTH = 7']).prompt_length == 7
+  delta = _gin_prompt([f'gin/prompts/{name}.gin'])
+  assert isinstance(delta, PromptTuning)
+  assert delta.length == 100 and delta.init == expected
+  assert _gin_prompt([f'gin/prompts/{name}.gin'], ['PROMPT_LENGTH = 7']).length == 7
 
 
 def test_gin_class_labels():
-  model = _gin_model(['gin/prompts/class_labels.gin'],
+  delta = _gin_prompt(['gin/prompts/class_labels.gin'],
                      ["CLASS_LABELS = ['entailment', 'not_entailment']"])
-  init = model.prompt_init
+  init = delta.init
   assert init.labels == ('entailment', 'not_entailment')
   assert init.token_ids == ((3, 35, 5756, 297), (59, 834, 35, 5756, 297))
   assert init.fallback == initializers.sampled_vocab(5000)
@@ -436,12 +442,12 @@ def test_initializers_name_the_macro_when_given_gin_required():
 
 
 def test_gin_text():
-  init = _gin_model(['gin/prompts/text.gin'],
-                    ["PROMPT_TEXT = 'entailment'", 'PROMPT_LENGTH = 6']).prompt_init
+  init = _gin_prompt(['gin/prompts/text.gin'],
+                     ["PROMPT_TEXT = 'entailment'", 'PROMPT_LENGTH = 6']).init
   assert init.token_ids == (3, 35, 5756, 297)
 
 
 def test_gin_from_file(shared_data):
   path = shared_data / 'pretrained_prompts_t5_1_1_lm100k_base' / 'rte.npy'
-  init = _gin_model(['gin/prompts/from_file.gin'], [f"PROMPT_FILE = '{path}'"]).prompt_init
+  init = _gin_prompt(['gin/prompts/from_file.gin'], [f"PROMPT_FILE = '{path}'"]).init
   np.testing.assert_array_equal(init(RNG, (100, 768)), np.load(path))

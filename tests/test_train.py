@@ -118,7 +118,7 @@ def test_cli_prompt_tuning_learns(tmp_path, random_tiny_hf):
   # T5X saves when the absolute step is a multiple of the period, and at the end.
   assert sorted(p.name for p in model_dir.glob('checkpoint_*')) == ['checkpoint_25',
                                                                      'checkpoint_40']
-  assert 'PromptTransformer' in (model_dir / 'config.gin').read_text()
+  assert 'PromptTuning' in (model_dir / 'config.gin').read_text()
   prompt_40 = np.load(model_dir / 'checkpoint_40' / 'prompt.npy')
   prompt_25 = np.load(model_dir / 'checkpoint_25' / 'prompt.npy')
   assert prompt_40.shape == (5, 64) and not np.allclose(prompt_40, prompt_25)
@@ -208,13 +208,13 @@ def test_eval_before_training_scores_the_untrained_prompt(tmp_path, random_tiny_
 
 
 def test_rank_classification_evaluation_predicts_only_labels(tmp_path, random_tiny_hf):
-  from prompt_tuning.train import evaluation  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.infer import evaluation  # pylint: disable=g-import-not-at-top
   state = _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf,
                                   tmp_path / 'run', steps=1, base_step=0))
   evaluator = evaluation.InferenceEvaluator(
       'fixture_sentiment', {'inputs': 16, 'targets': 4}, batch_size=8,
       rank_classification_labels=['positive', 'negative'])
-  model = gin_utils.macro('MODEL')
+  model = gin_utils.macro('METHOD').model
   predict_fn = evaluator._make_predict_fn(model, state.variables)  # pylint: disable=protected-access
   task = __import__('seqio').get_mixture_or_task('fixture_sentiment')
   dataset = evaluation.FEATURE_CONVERTER(

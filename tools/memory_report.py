@@ -15,10 +15,12 @@ the chips of a TPU slice described by libtpu (`v5e:4x4` is 16 chips of 16 GiB;
 `v4:2x2x2` 8 chips of 32 GiB; `v3:4x4` 32 cores of 16 GiB) and compiled by
 the real TPU compiler.
 
-  prompt  PromptTransformer, prompt length 100: the prompt and its Adafactor
-          state are trained, the backbone is an argument that is not donated.
-  model   Transformer, every parameter trained (T5 fine-tuning Adafactor,
-          factored second moments), parameters and state donated.
+  prompt  gin/runs/prompt_tune.gin's method, prompt length 100: the prompt and
+          its Adafactor state are trained, the backbone is an argument that is
+          not donated.
+  model   gin/runs/model_tune.gin's method, every parameter trained (T5
+          fine-tuning Adafactor, factored second moments), parameters and
+          state donated.
 
 Parameters are float32, as the trainer keeps them (T5X too); activations are
 `--dtype` (bfloat16 by default, as T5X runs on accelerators).
@@ -147,35 +149,31 @@ def report(size: str, mode: str, remat: str, args, devices) -> dict:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.model import SIZES as CONFIGS, Transformer, num_parameters  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.prompts.prompt import PromptTransformer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import SIZES as CONFIGS, num_parameters  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train import partitioning  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.optimizers import Adafactor  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.train.step import TrainState, make_train_step, split_variables  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.method import from_run_files  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
 
   config = CONFIGS[size].replace(dtype=args.dtype, dropout_rate=0.1, remat_policy=remat)
-  if mode == 'prompt':
-    model = PromptTransformer(config, prompt_length=args.prompt_length)
-    trainable_collections = ('prompt',)
-    optimizer = Adafactor()  # the paper's
-  else:
-    model = Transformer(config)
-    trainable_collections = ('params',)
-    optimizer = Adafactor(learning_rate=1e-3, weight_decay_rate=None,
-                          multiply_by_parameter_scale=True)  # gin/runs/model_tune.gin
+  # The run files' own deltas, trained paths and optimizer.
+  run_file = {'prompt': 'gin/runs/prompt_tune.gin', 'model': 'gin/runs/model_tune.gin'}[mode]
+  method = from_run_files([run_file], config, [f'PROMPT_LENGTH = {args.prompt_length}'] *
+                          (mode == 'prompt'))
+  model = method.model
   partitioner = partitioning.Partitioner(mesh_shape=args.mesh_shape, devices=devices)
+  partitioner.add_rules(method.logical_axis_rules())
   tokens = jnp.ones((1, 8), jnp.int32)
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, tokens))
   shardings = partitioner.variable_shardings(boxed)
   variables = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
       shardings)
-  frozen, trainable = split_variables(variables, trainable_collections)
+  frozen, trainable = method.split(variables)
   if mode == 'prompt' and args.param_dtype != 'float32':
     frozen = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(args.param_dtype),
                                        sharding=x.sharding), frozen)
-  tx = optimizer.build(0)
+  tx = method.optimizer.build(0)
   abstract_opt = jax.eval_shape(tx.init, trainable)
   opt_shardings = partitioner.optimizer_shardings(
       abstract_opt, trainable, jax.tree_util.tree_map(lambda x: x.sharding, trainable))

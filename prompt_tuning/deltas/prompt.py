@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Mapping, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.deltas import base
@@ -91,15 +92,22 @@ class Prompt(nn.Module):
 
 
 class NotRecorded:
-  """The initializer of a prompt rebuilt from a checkpoint: its values are loaded."""
+  """The initializer of a prompt rebuilt from a checkpoint, whose values are loaded.
+
+  Zeros of the prompt's shape: `init` still runs abstractly (decoding takes
+  the cache's shapes from `jax.eval_shape(model.init)`), but applying the
+  model without the loaded prompt fails in `Prompt` ("No prompt").
+  """
 
   def __init__(self, description: str = ''):
     self.description = description
 
   def __call__(self, rng, shape, embedding=None):
-    raise ValueError(f'This prompt was rebuilt from a checkpoint (initializer '
-                     f'{self.description or "unknown"}); load its variables instead of '
-                     'initializing it.')
+    del rng, embedding
+    return jnp.zeros(shape, jnp.float32)
+
+  def __repr__(self):
+    return f'NotRecorded({self.description!r})'
 
   def __eq__(self, other):
     return isinstance(other, NotRecorded)
@@ -181,8 +189,11 @@ class PromptTuning(base.Delta):
     return {f'{self.collection}/{self.name}/prompt': 2}
 
   def to_config(self) -> Dict[str, Any]:
+    # The initializer is recorded for the reader only (a rebuilt delta's values
+    # are loaded); a rebuilt one keeps the original's description.
+    init = self.init.description if isinstance(self.init, NotRecorded) else repr(self.init)
     return {'kind': self.kind, 'length': self.length, 'name': self.name,
-            'combine': combine_lib.name_of(self.combine), 'init': repr(self.init)}
+            'combine': combine_lib.name_of(self.combine), 'init': init}
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> 'PromptTuning':

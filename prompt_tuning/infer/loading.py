@@ -183,7 +183,8 @@ class VariableLoader:
     configs = [[d.to_config() for d in deltas] for _, deltas in loaded]
     shapes = [{p: np.shape(v) for p, v in flatten_tree(delta).items()} for delta, _ in loaded]
     if len(sources) > 1 and any(s != shapes[0] for s in shapes):
-      listing = ', '.join(f'{path} {sorted(s.values())}' for path, s in zip(sources, shapes))
+      listing = ', '.join(f'{path} ' + ' '.join(map(str, s.values()))
+                          for path, s in zip(sources, shapes))
       raise ValueError(f'The members of an ensemble must have one shape; got {listing}.')
     if any(c != configs[0] for c in configs):
       raise ValueError(f'The members of an ensemble must be one method; got {configs}.')

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import gin
 
 from prompt_tuning import deltas as deltas_lib
+from prompt_tuning import gin_utils
 from prompt_tuning.deltas import paths
 from prompt_tuning.model.config import T5Config
 from prompt_tuning.model.param_shapes import flatten_tree
@@ -87,4 +88,21 @@ class Method:
     return deltas_lib.export_all(self.deltas, variables, directory)
 
 
-__all__ = ['Method']
+def from_run_files(run_files: Sequence[str], model_config: T5Config,
+                   bindings: Sequence[str] = ()) -> Method:
+  """The method gin run files configure (deltas, trained paths, optimizer), on `model_config`.
+
+  `bench/` and `tools/` take prompt tuning's and model tuning's settings from
+  the run files themselves (e.g. gin/runs/prompt_tune.gin), so they measure
+  what a run trains. Replaces the process's gin configuration.
+  """
+  placeholders = ['MODEL_DIR = None', 'MIXTURE_OR_TASK_NAME = None',
+                  'INITIAL_CHECKPOINT_PATH = None', 'MODEL_CONFIG = @config.T5Config()']
+  gin.clear_config()
+  gin_utils.parse_gin(run_files, placeholders + list(bindings))
+  method = gin_utils.macro('METHOD')
+  gin.clear_config()
+  return dataclasses.replace(method, model_config=model_config)
+
+
+__all__ = ['Method', 'from_run_files']
