@@ -12,8 +12,10 @@ CASES, or `test_every_registered_delta_has_a_case` fails.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -36,11 +38,28 @@ from model_gins import model_gin  # tests/, on the path as pytest's rootdir
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
 
+
+
+def _docs_example() -> types.ModuleType:
+  """The 30-line method of docs/deltas.md, run as written (it registers itself)."""
+  text = (REPO / 'docs' / 'deltas.md').read_text()
+  code = re.search(r'```python\n(.*?)```', text, re.S).group(1)
+  module = types.ModuleType('docs_deltas_example')
+  exec(compile(code, 'docs/deltas.md', 'exec'), module.__dict__)  # pylint: disable=exec-used
+  return module
+
+
+EXAMPLE = _docs_example()
+
 # kind: (the delta under test, gin files that configure it for a run, bindings)
 CASES = {
     'prompt': (lambda: deltas.PromptTuning(length=3, init=initializers.random_uniform()),
                ['gin/prompts/random_uniform.gin', 'gin/methods/prompt.gin'],
                ['--gin.PROMPT_LENGTH=3']),
+    # Biases on the logits and inside a layer (where nn.remat may lift it).
+    'example_projection_bias': (
+        lambda: EXAMPLE.ProjectionBias(targets='decoder/logits_dense|encoder/layers_0/mlp/wo'),
+        None, None),
 }
 
 # Widths the 'model' axis of a 2x4 mesh divides; dropout on, as in training.
@@ -204,7 +223,7 @@ def _run_args(root, kind, model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kind', sorted(CASES))
+@pytest.mark.parametrize('kind', sorted(k for k, (_, files, _) in CASES.items() if files))
 def test_training_on_a_2x4_mesh_equals_one_device(kind, base, tmp_path):
   root = tmp_path
   hf_checkpoint.write_hf_t5(CONFIG, base[0], str(root / 'hf'))

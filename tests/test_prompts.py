@@ -351,6 +351,20 @@ def test_logits_equal_the_plain_model_on_a_hand_built_concatenation(where):
   np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_two_prompt_deltas_compose_into_one_longer_prompt():
+  # Deltas wrap in order, the first outermost: its prompt goes in front of the
+  # second's, so two prompts [2, d] and [1, d] are one prompt [3, d].
+  enc, dec_in, tgt = _batch()
+  variables = _variables()
+  prompt = variables['prompt']['prompt']['prompt']
+  two = Transformer(TINY, deltas=(PromptTuning(length=2),
+                                  PromptTuning(length=1, name='task_prompt')))
+  split = {'params': variables['params'], 'prompt': {'prompt': {'prompt': prompt[:2]}},
+           'task_prompt': {'task_prompt': {'prompt': prompt[2:]}}}
+  np.testing.assert_allclose(jax.jit(two.apply)(split, enc, dec_in, tgt),
+                             _logits(variables, enc, dec_in, tgt), rtol=1e-5, atol=1e-5)
+
+
 def test_cached_decoding_with_a_prompt_matches_teacher_forcing():
   enc, dec_in, tgt = _batch()
   variables = _variables()

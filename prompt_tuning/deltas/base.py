@@ -86,8 +86,9 @@ class Delta:
     return {}
 
   def to_config(self) -> Dict[str, Any]:
-    """JSON-able fields; callables (initializers) are recorded by name only."""
-    return {'kind': self.kind}
+    """The kind and the fields, as JSON. A delta with fields JSON cannot hold
+    (initializers, functions) overrides this and `from_config`."""
+    return {'kind': self.kind, **dataclasses.asdict(self)}
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> 'Delta':
