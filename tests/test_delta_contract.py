@@ -7,15 +7,14 @@ a bank of two gives each example what serving it alone gives; and (slow)
 training on a 2x4 virtual mesh equals one device.
 
 A new delta registers itself (`deltas.register`) and must add a case to
-CASES, or `test_every_registered_delta_has_a_case` fails.
+CASES, or `test_every_registered_delta_has_a_case` fails; a method with no
+per-example leaves (norm tuning) must refuse to bank instead.
 """
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -29,6 +28,7 @@ from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer.loading import VariableLoader
 from prompt_tuning.model import T5Config, Transformer, hf_checkpoint
 from prompt_tuning.model.checkpoints import DeltaCheckpointer, fingerprint
+from prompt_tuning.train import partitioning
 from prompt_tuning.train.method import Method
 from prompt_tuning.train.step import TrainState, batch_loss, make_train_step
 from prompt_tuning.train.trainer import initialize_variables, saved_state
@@ -40,26 +40,18 @@ TESTS = REPO / 'tests'
 
 
 
-def _docs_example() -> types.ModuleType:
-  """The 30-line method of docs/deltas.md, run as written (it registers itself)."""
-  text = (REPO / 'docs' / 'deltas.md').read_text()
-  code = re.search(r'```python\n(.*?)```', text, re.S).group(1)
-  module = types.ModuleType('docs_deltas_example')
-  exec(compile(code, 'docs/deltas.md', 'exec'), module.__dict__)  # pylint: disable=exec-used
-  return module
-
-
-EXAMPLE = _docs_example()
-
 # kind: (the delta under test, gin files that configure it for a run, bindings)
 CASES = {
     'prompt': (lambda: deltas.PromptTuning(length=3, init=initializers.random_uniform()),
                ['gin/prompts/random_uniform.gin', 'gin/methods/prompt.gin'],
                ['--gin.PROMPT_LENGTH=3']),
-    # Biases on the logits and inside a layer (where nn.remat may lift it).
-    'example_projection_bias': (
-        lambda: EXAMPLE.ProjectionBias(targets='decoder/logits_dense|encoder/layers_0/mlp/wo'),
-        None, None),
+    'lora': (lambda: deltas.LoRA(rank=2, alpha=4.0), ['gin/methods/lora.gin'],
+             ['--gin.LORA_RANK=2']),
+    'ia3': (deltas.IA3, ['gin/methods/ia3.gin'], []),
+    'adapters': (lambda: deltas.Adapters(reduction_factor=8), ['gin/methods/adapters.gin'],
+                 ['--gin.ADAPTER_REDUCTION_FACTOR=8']),
+    'bitfit': (deltas.BitFit, ['gin/methods/bitfit.gin'], []),
+    'norm': (deltas.NormTuning, ['gin/methods/norm.gin'], []),
 }
 
 # Widths the 'model' axis of a 2x4 mesh divides; dropout on, as in training.
@@ -116,10 +108,12 @@ def trained(request, base):
                      trainable=jax.tree_util.tree_map(jnp.array, trainable),
                      opt_state=tx.init(trainable))
   batch = _batch()
-  grads = jax.grad(lambda t: batch_loss(model, paths.merge(frozen, t), batch)[0])(trainable)
   step_fn = make_train_step(model, tx, seed=0)
   for _ in range(STEPS):
     state, _ = step_fn(state, batch)
+  # After a few steps: at init a zero factor (LoRA's B) blocks its partner's gradient.
+  grads = jax.grad(lambda t: batch_loss(model, paths.merge(state.frozen, t), batch)[0])(
+      state.trainable)
   return {'kind': request.param, 'delta': delta, 'method': method, 'model': model,
           'initial': initial, 'grads': grads, 'state': state, 'batch': batch}
 
@@ -131,17 +125,18 @@ def test_variables_are_where_the_delta_says_and_nowhere_else(trained):
   plain = jax.eval_shape(lambda: Transformer(CONFIG).init(jax.random.PRNGKey(0), *[
       v[:1] for v in trained['batch'].values()]))
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), nn.unbox(tree))
-  # The backbone's tree is untouched; the delta adds its own collection only.
+  # The backbone's tree is untouched; the delta adds its own collection only
+  # (norm tuning adds none: it trains leaves of the backbone's).
   assert shapes(abstract['params']) == shapes(plain['params'])
-  assert set(abstract) == {'params', delta.collection}
-  # What is trained is exactly what its patterns name, all of it in its collection.
+  assert set(abstract) - {'params'} <= {delta.collection}
+  # What is trained is exactly what its patterns name, and something is.
   trained_paths = set(paths.flatten_tree(trained['state'].trainable))
-  assert trained_paths == set(paths.flatten_tree(paths.select(initial,
-                                                             delta.trainable_patterns())))
-  assert all(p.startswith(f'{delta.collection}/') for p in trained_paths)
-  # Every delta leaf carries logical axes the delta has rules for.
-  rules = {name for name, _ in delta.logical_axis_rules()}
-  specs = paths.flatten_tree(nn.get_partition_spec(abstract)[delta.collection])
+  assert trained_paths and trained_paths == set(paths.flatten_tree(
+      paths.select(initial, delta.trainable_patterns())))
+  # Every delta variable carries logical axes the delta or T5X has rules for.
+  rules = {name for name, _ in delta.logical_axis_rules()} | {
+      name for name, _ in partitioning.T5X_LOGICAL_AXIS_RULES}
+  specs = paths.flatten_tree(nn.get_partition_spec(abstract).get(delta.collection, {}))
   for path, spec in specs.items():
     assert set(spec) <= rules, (path, spec)
 
@@ -173,9 +168,11 @@ def test_checkpoint_then_loader_gives_the_same_logits(trained, base, tmp_path):
                     lambda d: method.export(jax.device_get(
                         {c: v for c, v in state.variables.items() if c != 'params'}), d))
   checkpointer.close()
-  # Only the delta is stored: no backbone array in the checkpoint.
-  stored = jax.tree_util.tree_map(np.shape, saved_state(state))
-  assert 'params' not in stored['trainable']
+  # Only the delta is stored: of the backbone, at most the leaves it trains.
+  stored = paths.flatten_tree(jax.device_get(saved_state(state))['trainable'])
+  assert set(stored) == set(paths.flatten_tree(state.trainable))
+  assert sum(np.size(v) for v in stored.values()) < sum(np.size(v) for v in
+                                                      paths.flatten_tree(params).values()) / 10
 
   # The loader knows nothing of the method: it rebuilds it from the record.
   loaded = VariableLoader(Transformer(CONFIG)).checkpoint(str(tmp_path / 'run'))
@@ -192,17 +189,23 @@ def test_checkpoint_then_loader_gives_the_same_logits(trained, base, tmp_path):
 
 
 def test_a_bank_of_two_serves_each_example_as_its_delta_alone(trained):
-  model, batch, state = trained['model'], trained['batch'], trained['state']
-  delta_of = lambda variables: {c: v for c, v in jax.device_get(variables).items()
-                                if c != 'params'}
-  members = [delta_of(trained['initial']), delta_of(state.variables)]
-  shared, stacked = bank_lib.stack(members, model.deltas)
+  model, batch, state, delta = trained['model'], trained['batch'], trained['state'], trained['delta']
+  # A member: what the delta owns (its collection and the leaves it trains).
+  owned = list(delta.trainable_patterns()) + [f'{delta.collection}/.*']
+  member = lambda variables: paths.select(jax.device_get(variables), owned)
+  members = [member(trained['initial']), member(state.variables)]
   frozen = {'params': trained['initial']['params']}
+  if not delta.bank_leaves():
+    # Leaves of the backbone itself (norm tuning) cannot differ per example.
+    with pytest.raises(ValueError, match='cannot share one pass'):
+      bank_lib.stack(members, model.deltas)
+    return
+  shared, stacked = bank_lib.stack(members, model.deltas)
   index = jnp.asarray([1, 0, 0, 1])
   mixed = _logits(model, paths.merge(frozen, shared, bank_lib.select(stacked, index)), batch)
-  for member in (0, 1):
-    alone = _logits(model, paths.merge(frozen, members[member]), batch)
-    rows = np.flatnonzero(np.asarray(index) == member)
+  for number in (0, 1):
+    alone = _logits(model, paths.merge(frozen, members[number]), batch)
+    rows = np.flatnonzero(np.asarray(index) == number)
     np.testing.assert_allclose(mixed[rows], alone[rows], rtol=1e-5, atol=1e-5)
   # The two members differ, so the check above could fail.
   assert not np.allclose(_logits(model, paths.merge(frozen, members[0]), batch),

@@ -73,6 +73,10 @@ class Delta:
     """The handler at `site` (one of `sites`): call `next_fun` and change its result."""
     raise NotImplementedError
 
+  def no_variables_hint(self) -> str:
+    """Why this delta might have created no variables (said when it did not)."""
+    return 'its targets match nothing in this model'
+
   def materialize(self, variables: Variables) -> Variables:
     """Trained variables -> served ones (e.g. a prompt encoder collapsed to its prompt)."""
     return variables
@@ -94,6 +98,14 @@ class Delta:
   def from_config(cls, config: Mapping[str, Any]) -> 'Delta':
     fields = {k: v for k, v in config.items() if k != 'kind'}
     return cls(**fields)
+
+
+def along_rows(vector: Any) -> Any:
+  """A vector [d] as it is, or a bank's per-example vectors [b, d] as [b, 1, d].
+
+  Either broadcasts against activations [b, l, d].
+  """
+  return vector if vector.ndim == 1 else vector[:, None, :]
 
 
 def delta_from_config(config: Mapping[str, Any]) -> Delta:
@@ -141,5 +153,5 @@ def export_all(deltas: Sequence[Delta], variables: Variables, directory: str) ->
   return written
 
 
-__all__ = ['Delta', 'check_deltas', 'delta_from_config', 'export_all', 'logical_axis_rules',
+__all__ = ['Delta', 'along_rows', 'check_deltas', 'delta_from_config', 'export_all', 'logical_axis_rules',
            'register', 'registered', 'trainable_patterns']

@@ -69,6 +69,11 @@ class Method:
 
   def split(self, variables: Variables) -> Tuple[Variables, Variables]:
     """(frozen, trainable) by the trainable patterns; one that matches nothing is an error."""
+    for delta in self.deltas:
+      wants = [p for p in delta.trainable_patterns() if p.startswith(f'{delta.collection}/')]
+      if wants and delta.collection not in variables:
+        raise ValueError(f'{type(delta).__name__} created no variables: '
+                         f'{delta.no_variables_hint()}.')
     return paths.partition(variables, self.trainable_patterns)
 
   def trains_every(self, abstract_variables: Variables, collection: str) -> bool:
