@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "transformers>=4.40",
         "torch==2.13.0",
+        # PEFT: the independent reference of prompt tuning, LoRA, (IA)^3,
+        # BEFT (BitFit) and LN tuning, and the reader of exported adapters.
+        "peft>=0.21.2",
         # The T5 library itself is installed without its dependencies (see the
         # README test command) for byte-level parity of the task formats; its
         # preprocessors need babel.

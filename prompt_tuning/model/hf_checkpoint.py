@@ -48,7 +48,7 @@ _UNUSED = ('decoder.block.0.layer.1.EncDecAttention.'
            'relative_attention_bias.weight',)
 
 
-def _hf_names(config: T5Config) -> Dict[str, Tuple[str, bool]]:
+def hf_names(config: T5Config) -> Dict[str, Tuple[str, bool]]:
   """Maps each HF tensor name to (T5X path, transposed) for `config`."""
   names: Dict[str, Tuple[str, bool]] = {
       'shared.weight': ('token_embedder/embedding', False)}
@@ -113,7 +113,7 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
           'relative_attention_max_distance', 128))
 
 
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   out = {}
   with safe_open(path, framework='np') as f:
@@ -138,7 +138,7 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
   return out
 
 
-def _read_torch(path: str) -> Dict[str, np.ndarray]:
+def read_torch(path: str) -> Dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -151,10 +151,10 @@ def _read_torch(path: str) -> Dict[str, np.ndarray]:
 
 def _read_weights(folder: str) -> Dict[str, np.ndarray]:
   """All tensors of an HF folder as float32, preferring safetensors."""
-  for name, reader in ((SAFETENSORS_NAME, _read_safetensors),
-                       (SAFETENSORS_INDEX_NAME, _read_safetensors),
-                       (TORCH_NAME, _read_torch),
-                       (TORCH_INDEX_NAME, _read_torch)):
+  for name, reader in ((SAFETENSORS_NAME, read_safetensors),
+                       (SAFETENSORS_INDEX_NAME, read_safetensors),
+                       (TORCH_NAME, read_torch),
+                       (TORCH_INDEX_NAME, read_torch)):
     path = os.path.join(folder, name)
     if not os.path.exists(path):
       continue
@@ -200,7 +200,7 @@ def read_hf_t5(path: str) -> Tuple[T5Config, Dict[str, Any]]:
                           f'{e}') from e
   config = config_from_hf(hf, config_path)
   weights = _read_weights(path)
-  names = _hf_names(config)
+  names = hf_names(config)
   if 'shared.weight' not in weights:  # Some exporters keep only a copy.
     for name in _REDUNDANT:
       if name in weights:
@@ -262,7 +262,7 @@ def write_hf_t5(config: T5Config, params: Mapping[str, Any],
                           'Hugging Face feed_forward_proj')
   flat = flatten_tree(params)
   tensors = {}
-  for name, (t5x_path, transposed) in _hf_names(config).items():
+  for name, (t5x_path, transposed) in hf_names(config).items():
     value = np.asarray(flat[t5x_path], dtype=np.float32)
     tensors[name] = np.ascontiguousarray(value.T if transposed else value, storage)
   if not config.logits_via_embedding:

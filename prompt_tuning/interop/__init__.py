@@ -1,0 +1,1 @@
+"""Interchange with other libraries' delta formats (PEFT adapters: `interop.peft`)."""
