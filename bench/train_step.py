@@ -54,7 +54,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 SYSTEMS = ('prompt', 'model', 'peft')
+# Further methods `--only` runs (bench/deltas.py compares them): gin/methods/<name>.gin.
+DELTA_METHODS = ('lora', 'ia3', 'adapters', 'bitfit', 'norm', 'prompt_lora')
 PROMPT_LENGTH = 100
+
+
+def run_files(kind: str) -> list:
+  """The gin files whose method `kind` is: the paper's two runs, or a method file."""
+  if kind in ('prompt', 'model'):
+    return [f'gin/runs/{kind}_tune.gin']
+  return ['gin/runs/delta_tune.gin', f'gin/methods/{kind}.gin']
 SEED = 0
 
 
@@ -207,13 +216,15 @@ def run_ours(kind: str, args) -> dict:
                                              batch['decoder_target_tokens'][:1])['params']
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else params
   # The settings of the run files themselves (deltas, trained paths, optimizer).
-  run_file = {'prompt': 'gin/runs/prompt_tune.gin', 'model': 'gin/runs/model_tune.gin'}[kind]
-  method = from_run_files([run_file], config, [f'PROMPT_LENGTH = {PROMPT_LENGTH}'] *
-                          (kind == 'prompt'))
+  files = run_files(kind)
+  prompted = 'prompt' in kind
+  method = from_run_files(files, config, [f'PROMPT_LENGTH = {PROMPT_LENGTH}'] * prompted)
   model = method.model
-  optimizer_desc = f'{run_file}: {method.optimizer}'
-  encoder_length = args.inputs + (PROMPT_LENGTH if kind == 'prompt' else 0)
-  flops_multiple = 2 if kind == 'prompt' else 3
+  optimizer_desc = f'{" + ".join(files)}: {method.optimizer}'
+  encoder_length = args.inputs + (PROMPT_LENGTH if prompted else 0)
+  # Model tuning adds the weight-gradient matmuls; deltas add few FLOPs beside
+  # the activation gradients (LoRA's and adapters' small matmuls are not counted).
+  flops_multiple = 3 if kind == 'model' else 2
   variables = initialize_variables(model, params, jax.random.fold_in(rng, 1),
                                    {'inputs': args.inputs, 'targets': args.targets})
   frozen, trainable = method.split(variables)
@@ -410,7 +421,8 @@ def _child(system: str, args) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--only', choices=SYSTEMS, help='run one system in this process')
+  parser.add_argument('--only', choices=SYSTEMS + DELTA_METHODS,
+                      help='run one system in this process')
   parser.add_argument('--size', default='small')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--inputs', type=int, default=256)

@@ -7,7 +7,8 @@ a bank of two gives each example what serving it alone gives; and (slow)
 training on a 2x4 virtual mesh equals one device.
 
 A new delta registers itself (`deltas.register`) and must add a case to
-CASES, or `test_every_registered_delta_has_a_case` fails; a method with no
+CASES, or `test_every_registered_delta_has_a_case` fails; compositions
+(several deltas in one model) are cases too; a method with no
 per-example leaves (norm tuning) must refuse to bank instead.
 """
 import json
@@ -40,7 +41,7 @@ TESTS = REPO / 'tests'
 
 
 
-# kind: (the delta under test, gin files that configure it for a run, bindings)
+# name: (the delta(s) under test, gin files that configure them for a run, bindings)
 CASES = {
     'prompt': (lambda: deltas.PromptTuning(length=3, init=initializers.random_uniform()),
                ['gin/prompts/random_uniform.gin', 'gin/methods/prompt.gin'],
@@ -52,6 +53,11 @@ CASES = {
                  ['--gin.ADAPTER_REDUCTION_FACTOR=8']),
     'bitfit': (deltas.BitFit, ['gin/methods/bitfit.gin'], []),
     'norm': (deltas.NormTuning, ['gin/methods/norm.gin'], []),
+    # Two deltas in one model: a prompt and LoRA.
+    'prompt+lora': (lambda: (deltas.PromptTuning(length=3, init=initializers.random_uniform()),
+                             deltas.LoRA(rank=2)),
+                    ['gin/prompts/random_uniform.gin', 'gin/methods/prompt_lora.gin'],
+                    ['--gin.PROMPT_LENGTH=3', '--gin.LORA_RANK=2']),
 }
 
 # Widths the 'model' axis of a 2x4 mesh divides; dropout on, as in training.
@@ -62,7 +68,7 @@ STEPS = 3
 
 
 def test_every_registered_delta_has_a_case():
-  assert set(deltas.registered()) == set(CASES)
+  assert set(deltas.registered()) <= set(CASES)
 
 
 def _batch(seed=0, batch=4):
@@ -96,8 +102,8 @@ def base(tmp_path_factory):
 @pytest.fixture(scope='module', params=sorted(CASES))
 def trained(request, base):
   """The method trained STEPS steps from its init: a dict of what the tests check."""
-  delta = CASES[request.param][0]()
-  method = Method(CONFIG, deltas=(delta,))
+  made = CASES[request.param][0]()
+  method = Method(CONFIG, deltas=made if isinstance(made, tuple) else (made,))
   model = method.model
   params, _ = base
   variables = initialize_variables(model, params, jax.random.PRNGKey(1), LENGTHS)
@@ -114,30 +120,31 @@ def trained(request, base):
   # After a few steps: at init a zero factor (LoRA's B) blocks its partner's gradient.
   grads = jax.grad(lambda t: batch_loss(model, paths.merge(state.frozen, t), batch)[0])(
       state.trainable)
-  return {'kind': request.param, 'delta': delta, 'method': method, 'model': model,
+  return {'kind': request.param, 'deltas': method.deltas, 'method': method, 'model': model,
           'initial': initial, 'grads': grads, 'state': state, 'batch': batch}
 
 
 def test_variables_are_where_the_delta_says_and_nowhere_else(trained):
-  delta, model, initial = trained['delta'], trained['model'], trained['initial']
+  method, model, initial = trained['method'], trained['model'], trained['initial']
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *[
       v[:1] for v in trained['batch'].values()]))
   plain = jax.eval_shape(lambda: Transformer(CONFIG).init(jax.random.PRNGKey(0), *[
       v[:1] for v in trained['batch'].values()]))
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), nn.unbox(tree))
-  # The backbone's tree is untouched; the delta adds its own collection only
+  # The backbone's tree is untouched; each delta adds its own collection only
   # (norm tuning adds none: it trains leaves of the backbone's).
+  collections = {d.collection for d in method.deltas}
   assert shapes(abstract['params']) == shapes(plain['params'])
-  assert set(abstract) - {'params'} <= {delta.collection}
+  assert set(abstract) - {'params'} <= collections
   # What is trained is exactly what its patterns name, and something is.
   trained_paths = set(paths.flatten_tree(trained['state'].trainable))
   assert trained_paths and trained_paths == set(paths.flatten_tree(
-      paths.select(initial, delta.trainable_patterns())))
-  # Every delta variable carries logical axes the delta or T5X has rules for.
-  rules = {name for name, _ in delta.logical_axis_rules()} | {
+      paths.select(initial, method.trainable_patterns)))
+  # Every delta variable carries logical axes the deltas or T5X have rules for.
+  rules = {name for name, _ in method.logical_axis_rules()} | {
       name for name, _ in partitioning.T5X_LOGICAL_AXIS_RULES}
-  specs = paths.flatten_tree(nn.get_partition_spec(abstract).get(delta.collection, {}))
-  for path, spec in specs.items():
+  specs = nn.get_partition_spec(abstract)
+  for path, spec in paths.flatten_tree({c: specs[c] for c in collections if c in specs}).items():
     assert set(spec) <= rules, (path, spec)
 
 
@@ -189,13 +196,13 @@ def test_checkpoint_then_loader_gives_the_same_logits(trained, base, tmp_path):
 
 
 def test_a_bank_of_two_serves_each_example_as_its_delta_alone(trained):
-  model, batch, state, delta = trained['model'], trained['batch'], trained['state'], trained['delta']
-  # A member: what the delta owns (its collection and the leaves it trains).
-  owned = list(delta.trainable_patterns()) + [f'{delta.collection}/.*']
+  model, batch, state, method = trained['model'], trained['batch'], trained['state'], trained['method']
+  # A member: what the deltas own (their collections and the leaves they train).
+  owned = list(method.trainable_patterns) + [f'{d.collection}/.*' for d in method.deltas]
   member = lambda variables: paths.select(jax.device_get(variables), owned)
   members = [member(trained['initial']), member(state.variables)]
   frozen = {'params': trained['initial']['params']}
-  if not delta.bank_leaves():
+  if not any(d.bank_leaves() for d in method.deltas):
     # Leaves of the backbone itself (norm tuning) cannot differ per example.
     with pytest.raises(ValueError, match='cannot share one pass'):
       bank_lib.stack(members, model.deltas)
