@@ -1,4 +1,4 @@
-"""BitFit, norm tuning and bottleneck adapters against independent implementations.
+"""BitFit, norm tuning, bottleneck adapters and merged serving against independent implementations.
 
 Prompt tuning, LoRA and (IA)^3 are checked against PEFT through their adapter
 files (tests/test_peft_interop.py). Here, on the same random T5 (ours and
@@ -12,6 +12,8 @@ transformers' from one set of weights):
   pins older transformers releases than the test extras install).
 """
 import functools
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -22,10 +24,14 @@ import pytest
 torch = pytest.importorskip('torch')
 peft = pytest.importorskip('peft')
 # pylint: disable=g-import-not-at-top,unused-import
-from prompt_tuning.deltas import Adapters, BitFit, NormTuning, paths
+from conftest import REPO_ROOT
+from prompt_tuning.deltas import IA3, Adapters, BitFit, LoRA, NormTuning, paths
+from prompt_tuning.infer.loading import VariableLoader, merged
 from prompt_tuning.interop.peft import hf_module_name, hf_sublayer_name
 from prompt_tuning.model import Transformer
+from prompt_tuning.model.checkpoints import DeltaCheckpointer, fingerprint
 from prompt_tuning.model.hf_checkpoint import hf_names
+from prompt_tuning.train.method import Method
 from test_peft_interop import (BATCH, CONFIG, _assert_close, _hf_t5, _ours, _theirs,
                                backbone)
 
@@ -112,3 +118,33 @@ def test_adapters_equal_the_reference_formula_on_transformers_t5(backbone, place
     for handle in handles:
       handle.remove()
   _assert_close(_ours((delta,), {'params': params, 'adapters': weights}), theirs, base)
+
+
+@pytest.mark.parametrize('kind', ['lora', 'ia3'])
+def test_a_merged_delta_exports_as_a_plain_t5_that_transformers_serves(backbone, tmp_path, kind):
+  """Merged serving: the delta folded into the kernels, written as a Hugging
+  Face folder, run by transformers alone, gives our unmerged model's logits."""
+  params, folder = backbone
+  delta = {'lora': LoRA(rank=2, alpha=4.0), 'ia3': IA3()}[kind]
+  weights = _random(_init(delta)[delta.collection], std=0.3)
+  if kind == 'ia3':
+    weights = jax.tree_util.tree_map(lambda x: x + 1.0, weights)
+  variables = {'params': params, delta.collection: weights}
+  unmerged = _ours((delta,), variables)
+  model, served = merged(Transformer(CONFIG, deltas=(delta,)), variables)
+  assert model.deltas == () and set(served) == {'params'}
+
+  method = Method(CONFIG, deltas=(delta,))
+  checkpointer = DeltaCheckpointer(str(tmp_path / 'run'))
+  checkpointer.save(1, {'step': np.int32(1), 'trainable': {delta.collection: weights},
+                        'opt_state': {}},
+                    {'base_checkpoint': str(folder), 'base_fingerprint': fingerprint(params),
+                     'base_step': 0, **method.record()})
+  checkpointer.close()
+  loaded = VariableLoader(Transformer(CONFIG), merge=True).checkpoint(str(tmp_path / 'run'))
+  assert loaded.model.deltas == ()
+  subprocess.run([sys.executable, 'tools/export_hf.py', str(tmp_path / 'run'),
+                  str(tmp_path / 'merged'), '--merge_delta'], cwd=REPO_ROOT, check=True,
+                 capture_output=True)
+  theirs = _theirs(_hf_t5(str(tmp_path / 'merged')))
+  _assert_close(unmerged, theirs, _ours((), {'params': params}))

@@ -14,6 +14,7 @@ What a delta declares:
     setup(root)          creates modules that must live at the model's root
     intercept(...)       its handler at those sites
     materialize(vars)    trained -> served variables (identity by default)
+    merge(vars)          (`mergeable` ones) folded into `params` for serving
     export(vars, dir)    files for other tools, e.g. prompt.npy
     bank_leaves()        {path regex: rank of the served leaf}: leaves that
                          take a leading per-example axis in a bank
@@ -53,6 +54,8 @@ class Delta:
   """The interface; subclasses are frozen dataclasses (hashable module fields)."""
   kind: ClassVar[str] = ''
   sites: ClassVar[Tuple[str, ...]] = ()
+  # Whether `merge` can fold the trained delta into the backbone's `params`.
+  mergeable: ClassVar[bool] = False
 
   @property
   def collection(self) -> str:
@@ -80,6 +83,14 @@ class Delta:
   def materialize(self, variables: Variables) -> Variables:
     """Trained variables -> served ones (e.g. a prompt encoder collapsed to its prompt)."""
     return variables
+
+  def merge(self, variables: Variables) -> Variables:
+    """`variables` with the delta folded into `params` and its own collection gone.
+
+    The plain backbone then serves what the model with the delta served,
+    with no overhead. Only for `mergeable` deltas.
+    """
+    raise NotImplementedError(f'{type(self).__name__} cannot be merged into the backbone.')
 
   def export(self, variables: Variables, directory: str) -> List[str]:
     """Writes files other tools read into `directory`; returns their paths."""

@@ -62,6 +62,7 @@ class NormTuning(base.Delta):
   norm-tuned deltas do not bank.
   """
   kind: ClassVar[str] = 'norm'
+  mergeable: ClassVar[bool] = True
 
   patterns: Tuple[str, ...] = ('params/.*norm/scale',)
 
@@ -74,6 +75,9 @@ class NormTuning(base.Delta):
 
   def trainable_patterns(self) -> Tuple[str, ...]:
     return self.patterns
+
+  def merge(self, variables: base.Variables) -> base.Variables:
+    return variables  # its leaves are the backbone's already
 
 
 __all__ = ['BitFit', 'NormTuning']

@@ -18,8 +18,10 @@ from typing import Any, Callable, ClassVar, Dict, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from prompt_tuning.deltas import base
+from prompt_tuning.model.param_shapes import flatten_tree, unflatten_tree
 from prompt_tuning.model.sites import Site, module_path
 
 
@@ -34,6 +36,7 @@ class IA3(base.Delta):
   """
   kind: ClassVar[str] = 'ia3'
   sites: ClassVar[Tuple[str, ...]] = ('dense',)
+  mergeable: ClassVar[bool] = True
 
   targets: str = r'(encoder|decoder)/layers_\d+/\w*attention/(key|value)'
   feedforward: str = r'(encoder|decoder)/layers_\d+/mlp/wo'
@@ -69,6 +72,22 @@ class IA3(base.Delta):
 
   def bank_leaves(self) -> Dict[str, int]:
     return {f'{self.collection}/.*/scale': 1}
+
+  def merge(self, variables: base.Variables) -> base.Variables:
+    """Scales folded into the kernels [in, out]: rows for inputs, columns for outputs."""
+    params = flatten_tree(variables['params'])
+    for path, scale in flatten_tree(variables.get(self.collection, {})).items():
+      scale = np.asarray(scale, np.float32)
+      if scale.ndim != 1:
+        raise ValueError('A bank of IA3 deltas cannot be merged into one kernel.')
+      kernel_path = f'{path[:-len("/scale")]}/kernel'
+      kernel = np.asarray(params[kernel_path])
+      scaled_input = re.fullmatch(self.feedforward, path[:-len('/scale')])
+      folded = kernel * (scale[:, None] if scaled_input else scale[None, :])
+      params[kernel_path] = folded.astype(kernel.dtype)
+    merged = {c: v for c, v in variables.items() if c != self.collection}
+    merged['params'] = unflatten_tree(params)
+    return merged
 
 
 __all__ = ['IA3']

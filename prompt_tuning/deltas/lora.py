@@ -48,6 +48,7 @@ class LoRA(base.Delta):
   """
   kind: ClassVar[str] = 'lora'
   sites: ClassVar[Tuple[str, ...]] = ('dense',)
+  mergeable: ClassVar[bool] = True
 
   rank: int = 8
   alpha: float = 8.0

@@ -149,7 +149,8 @@ def infer(*, mode: str = 'predict',
           decoding: predict.DecodingConfig = predict.DecodingConfig(),
           use_cached: bool = False,
           seed: int = 0,
-          num_examples: Optional[int] = None) -> Dict[str, str]:
+          num_examples: Optional[int] = None,
+          merge_deltas: bool = False) -> Dict[str, str]:
   """Predicts or scores `split` of every task of the mixture; returns {task: jsonl path}.
 
   Args:
@@ -163,13 +164,14 @@ def infer(*, mode: str = 'predict',
       otherwise overrides the base the checkpoint records).
     seed: sampling randomness (batch i uses fold_in(PRNGKey(seed), i)).
     num_examples: only the first examples of each task (all by default).
+    merge_deltas: fold LoRA / IA3 deltas into the backbone first (no overhead).
   """
   if mode not in MODES:
     raise ConfigurationError(f"INFER_MODE must be 'predict' or 'score', not {mode!r}.")
   lookup.import_task_module(mixture_or_task_module)
   provider = lookup.get_task(mixture_or_task_name)
   lookup.check_vocabulary(provider, model.config.vocab_size)
-  loaded = loading.VariableLoader(model, initial_checkpoint_path).load(
+  loaded = loading.VariableLoader(model, initial_checkpoint_path, merge_deltas).load(
       checkpoint_path, prompt_files)
   ensemble = '' if loaded.bank is None else f' (ensemble of {bank_lib.size(loaded.bank)})'
   logging.info('Inference (%s) with %s%s', mode, loaded.source, ensemble)

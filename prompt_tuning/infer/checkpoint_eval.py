@@ -39,7 +39,8 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
                          checkpoint_path: Optional[str] = None,
                          prompt_files: Optional[Sequence[str]] = None,
                          initial_checkpoint_path: Optional[str] = None,
-                         mixture_or_task_module: Optional[str] = None
+                         mixture_or_task_module: Optional[str] = None,
+                         merge_deltas: bool = False
                          ) -> Dict[Optional[int], Results]:
   """Evaluates every checkpoint (or the prompt ensemble); returns {step: {task: metrics}}.
 
@@ -55,6 +56,7 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
     initial_checkpoint_path: the frozen model, overriding the one recorded in
       the checkpoints (its fingerprint must still match); needed for `.npy`.
     mixture_or_task_module: the module that registers the task.
+    merge_deltas: fold LoRA / IA3 deltas into the backbone before evaluating.
 
   Prompt files carry no step; their line in the metrics file has step -1.
   """
@@ -62,7 +64,7 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
     raise ConfigurationError('Set EVAL_OUTPUT_DIR, where the metrics are written.')
   lookup.import_task_module(mixture_or_task_module)
   lookup.check_vocabulary(lookup.get_task(evaluator.task_name), model.config.vocab_size)
-  loader = loading.VariableLoader(model, initial_checkpoint_path)
+  loader = loading.VariableLoader(model, initial_checkpoint_path, merge=merge_deltas)
   results: Dict[Optional[int], Results] = {}
   for loaded in _sources(loader, checkpoint_path, prompt_files):
     ensemble = '' if loaded.bank is None else f' (ensemble of {bank_lib.size(loaded.bank)})'

@@ -58,6 +58,20 @@ class Loaded:
   source: str
 
 
+def merged(model: Transformer, variables: Variables) -> Tuple[Transformer, Variables]:
+  """The model without its mergeable deltas (LoRA, IA3, ...), those folded into `params`.
+
+  Serves the same outputs with no delta overhead; the other deltas stay attached.
+  """
+  kept = []
+  for delta in model.deltas:
+    if delta.mergeable:
+      variables = delta.merge(variables)
+    else:
+      kept.append(delta)
+  return Transformer(model.config, deltas=tuple(kept)), variables
+
+
 def _materialize(deltas: Sequence[Any], variables: Variables) -> Variables:
   for delta in deltas:
     variables = delta.materialize(variables)
@@ -73,11 +87,15 @@ class VariableLoader:
       `deltas` says how `.npy` prompts are placed (prefix by default).
     initial_checkpoint_path: the backbone, overriding the checkpoints'
       recorded base; required for `.npy` prompts.
+    merge: fold mergeable deltas (LoRA, IA3) into the backbone (`merged`) when
+      loading a checkpoint, for serving with no delta overhead.
   """
 
-  def __init__(self, model: Transformer, initial_checkpoint_path: Optional[str] = None):
+  def __init__(self, model: Transformer, initial_checkpoint_path: Optional[str] = None,
+               merge: bool = False):
     self.model = model
     self.initial_checkpoint_path = initial_checkpoint_path
+    self.merge = merge
     self._bases: Dict[str, Tuple[Any, str]] = {}
 
   def load(self, checkpoint_path: Optional[str] = None,
@@ -147,8 +165,10 @@ class VariableLoader:
     """A checkpoint (`checkpoint_<step>`, or a directory's latest) on its base."""
     directory, delta, deltas, params = self._read(path)
     variables = delta if params is None else paths.merge({'params': params}, delta)
-    return Loaded(Transformer(self.model.config, deltas=deltas), variables, None,
-                  checkpoints.checkpoint_step(directory), directory)
+    model = Transformer(self.model.config, deltas=deltas)
+    if self.merge:
+      model, variables = merged(model, variables)
+    return Loaded(model, variables, None, checkpoints.checkpoint_step(directory), directory)
 
   def _npy_prompt(self, path: str) -> Tuple[Variables, Tuple[Any, ...]]:
     prompt = checkpoints.load_npy(path)
@@ -206,4 +226,4 @@ class VariableLoader:
     return Loaded(model, variables, stacked, step, ', '.join(sources))
 
 
-__all__ = ['Loaded', 'VariableLoader']
+__all__ = ['Loaded', 'VariableLoader', 'merged']
