@@ -221,7 +221,7 @@ def test_a_bank_of_two_serves_each_example_as_its_delta_alone(trained):
 
 def _run_args(root, kind, model_dir):
   _, files, bindings = CASES[kind]
-  return [f'--gin_file={f}' for f in [root / 'model.gin', 'gin/runs/base.gin', *files]] + [
+  return [f'--gin_file={f}' for f in [root / 'model.gin', 'gin/runs/delta_tune.gin', *files]] + [
       f"--gin.MODEL_DIR='{model_dir}'",
       "--gin.MIXTURE_OR_TASK_NAME='fixture_sentiment'",
       "--gin.MIXTURE_OR_TASK_MODULE='fixture_tasks'",
@@ -229,7 +229,11 @@ def _run_args(root, kind, model_dir):
       f'--gin.TRAIN_STEPS={STEPS}', '--gin.BATCH_SIZE=8',
       f'--gin.TASK_FEATURE_LENGTHS={LENGTHS}', '--gin.LOG_PERIOD=1',
       '--gin.EVAL_PERIOD=None', f'--gin.CHECKPOINT_PERIOD={STEPS}',
-      '--gin.DROPOUT_RATE=0.1', *bindings]
+      '--gin.DROPOUT_RATE=0.1',
+      # A learning rate these methods train at (gin/runs/delta_tune.gin's
+      # Adafactor): at the paper's prompt rate of 0.3 LoRA diverges, and a
+      # diverging run amplifies float rounding until the meshes disagree.
+      '--gin.LEARNING_RATE=0.01', *bindings]
 
 
 @pytest.mark.slow

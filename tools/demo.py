@@ -110,11 +110,11 @@ def main() -> None:
         f'backbone\'s {backbone:,})')
   print(f'validation accuracy   {accuracy:.1f}%  (best of the run, step {best["step"]})')
   print(f'majority-class guess  {baseline:.1f}%')
+  has_prompt = 'prompt' in args.method
   print('by step               ' + ', '.join(
       f'{step}: {history[step]:.1f}%' for step in sorted(history)) +
-        '  (step 0: the untuned prompt)')
+        ('  (step 0: the untuned prompt)' if has_prompt else '  (step 0: before tuning)'))
   print(f'run time              {minutes:.1f} min')
-  has_prompt = 'prompt' in args.method
   if has_prompt:
     prompt = read_prompt(best_dir)
     vocabulary = get_vocabulary()

@@ -1,9 +1,11 @@
 """BitFit for a bias-free T5 (Ben Zaken et al., 2022; PEFT's BEFT): added, trained biases.
 
 T5.1.1 has no biases, so BitFit adds a zero-initialised bias [out] to every
-projection whose path matches `targets` (by default every attention and MLP
-projection of every layer; PEFT's BEFT default is `value` alone:
-`targets=r'.*/value'`). The model is unchanged at init. Biases live in the
+projection whose path matches `targets`: by default every attention and MLP
+projection of every layer except the keys (a key bias adds q . b to every
+score of a query, which the softmax cancels: its gradient is exactly zero,
+and Adafactor would turn the rounding noise into a random walk). PEFT's BEFT
+default is `value` alone: `targets=r'.*/value'`. The model is unchanged at init. Biases live in the
 'bitfit' collection under the projection's path, e.g.
 bitfit/encoder/layers_0/attention/query/bias; in a bank they are per example,
 [b, out].
@@ -28,7 +30,7 @@ class BitFit(base.Delta):
   kind: ClassVar[str] = 'bitfit'
   sites: ClassVar[Tuple[str, ...]] = ('dense',)
 
-  targets: str = r'(encoder|decoder)/layers_\d+/.*'
+  targets: str = r'(encoder|decoder)/layers_\d+/(\w*attention/(query|value|out)|mlp/\w+)'
 
   @property
   def collection(self) -> str:
