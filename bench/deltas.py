@@ -47,16 +47,8 @@ def _summary(result: dict) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--methods', default=','.join(METHODS))
-  parser.add_argument('--size', default='small')
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--inputs', type=int, default=256)
-  parser.add_argument('--targets', type=int, default=8)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--warmup', type=int, default=1)
-  parser.add_argument('--rounds', type=int, default=1)
-  parser.add_argument('--dropout', type=float, default=0.1)
+  train_step.add_step_arguments(parser)
   args = parser.parse_args()
-  args.torch_threads = 2  # unused by our systems; train_step's child command passes it
   methods = args.methods.split(',')
   unknown = sorted(set(methods) - set(METHODS))
   if unknown:

@@ -419,10 +419,8 @@ def _child(system: str, args) -> dict:
   return result
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--only', choices=SYSTEMS + DELTA_METHODS,
-                      help='run one system in this process')
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+  """The shape and timing flags this bench and bench/deltas.py share."""
   parser.add_argument('--size', default='small')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--inputs', type=int, default=256)
@@ -434,6 +432,13 @@ def main() -> None:
   parser.add_argument('--torch-threads', type=int, default=2)
   parser.add_argument('--dropout', type=float, default=0.1,
                       help='dropout rate of every system (0.1 as in training)')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--only', choices=SYSTEMS + DELTA_METHODS,
+                      help='run one system in this process')
+  add_step_arguments(parser)
   args = parser.parse_args()
 
   if args.only:
