@@ -24,10 +24,13 @@ A new method is a module in this package with one such class, registered
 with `@register`, and a gin file in gin/methods/.
 """
 import dataclasses
+import functools
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Sequence, Tuple, Type
 
 import flax.linen as nn
+import numpy as np
 
+from prompt_tuning.model.param_shapes import flatten_tree, unflatten_tree
 from prompt_tuning.model.sites import Site
 
 Variables = Dict[str, Any]
@@ -119,6 +122,37 @@ def along_rows(vector: Any) -> Any:
   return vector if vector.ndim == 1 else vector[:, None, :]
 
 
+def module_leaves(variables: Variables, collection: str, leaf: str) -> Dict[str, np.ndarray]:
+  """{module path: array} of `collection`'s leaves named `leaf`.
+
+  E.g. module_leaves(v, 'lora', 'lora_a') = {'encoder/layers_0/attention/query': [in, r], ...}.
+  """
+  flat = flatten_tree(variables.get(collection, {}))
+  suffix = f'/{leaf}'
+  return {path[:-len(suffix)]: np.asarray(value) for path, value in flat.items()
+          if path.endswith(suffix)}
+
+
+def with_kernels(variables: Variables, collection: str, kernels: Mapping[str, Any]
+                 ) -> Variables:
+  """`variables` without `collection`, params/<path>/kernel replaced by `kernels[path]`.
+
+  What a `merge` returns once it has folded its delta into those kernels.
+  """
+  params = flatten_tree(variables['params'])
+  for path, kernel in kernels.items():
+    params[f'{path}/kernel'] = kernel
+  merged = {c: v for c, v in variables.items() if c != collection}
+  merged['params'] = unflatten_tree(params)
+  return merged
+
+
+def kernel_at(variables: Variables, path: str) -> np.ndarray:
+  """The backbone kernel [in, out] of the projection at module path `path`."""
+  return np.asarray(functools.reduce(lambda node, key: node[key], path.split('/'),
+                                     variables['params'])['kernel'])
+
+
 def delta_from_config(config: Mapping[str, Any]) -> Delta:
   """The delta a checkpoint recorded; an unknown kind names the registered ones."""
   kind = config.get('kind')
@@ -164,5 +198,6 @@ def export_all(deltas: Sequence[Delta], variables: Variables, directory: str) ->
   return written
 
 
-__all__ = ['Delta', 'along_rows', 'check_deltas', 'delta_from_config', 'export_all', 'logical_axis_rules',
-           'register', 'registered', 'trainable_patterns']
+__all__ = ['Delta', 'along_rows', 'check_deltas', 'delta_from_config', 'export_all',
+           'kernel_at', 'logical_axis_rules', 'module_leaves', 'register', 'registered',
+           'trainable_patterns', 'with_kernels']

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.deltas import base
-from prompt_tuning.model.param_shapes import flatten_tree, unflatten_tree
 from prompt_tuning.model.sites import Site, module_path
 
 
@@ -75,19 +74,14 @@ class IA3(base.Delta):
 
   def merge(self, variables: base.Variables) -> base.Variables:
     """Scales folded into the kernels [in, out]: rows for inputs, columns for outputs."""
-    params = flatten_tree(variables['params'])
-    for path, scale in flatten_tree(variables.get(self.collection, {})).items():
-      scale = np.asarray(scale, np.float32)
+    kernels = {}
+    for path, scale in base.module_leaves(variables, self.collection, 'scale').items():
       if scale.ndim != 1:
         raise ValueError('A bank of IA3 deltas cannot be merged into one kernel.')
-      kernel_path = f'{path[:-len("/scale")]}/kernel'
-      kernel = np.asarray(params[kernel_path])
-      scaled_input = re.fullmatch(self.feedforward, path[:-len('/scale')])
-      folded = kernel * (scale[:, None] if scaled_input else scale[None, :])
-      params[kernel_path] = folded.astype(kernel.dtype)
-    merged = {c: v for c, v in variables.items() if c != self.collection}
-    merged['params'] = unflatten_tree(params)
-    return merged
-
+      kernel = base.kernel_at(variables, path)
+      scale = scale.astype(np.float32)
+      rows = re.fullmatch(self.feedforward, path)  # an input scale: the kernel's rows
+      kernels[path] = (kernel * (scale[:, None] if rows else scale[None, :])).astype(kernel.dtype)
+    return base.with_kernels(variables, self.collection, kernels)
 
 __all__ = ['IA3']

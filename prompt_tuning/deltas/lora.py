@@ -27,7 +27,6 @@ import numpy as np
 
 from prompt_tuning.deltas import base
 from prompt_tuning.model.sites import Site, module_path
-from prompt_tuning.model.param_shapes import flatten_tree, unflatten_tree
 
 ATTENTION_QUERY_VALUE = r'(encoder|decoder)/layers_\d+/(attention|self_attention|encoder_decoder_attention)/(query|value)'
 # torch's kaiming_uniform_(a=sqrt(5)) on a [r, in] weight: uniform in +-1/sqrt(in).
@@ -114,18 +113,14 @@ class LoRA(base.Delta):
 
     The result serves with the backbone alone (no LoRA delta attached).
     """
-    lora = flatten_tree(variables.get(self.collection, {}))
-    params = flatten_tree(variables['params'])
-    for path in [p[:-len('/lora_a')] for p in lora if p.endswith('/lora_a')]:
-      a, b = np.asarray(lora[f'{path}/lora_a']), np.asarray(lora[f'{path}/lora_b'])
+    factors_b = base.module_leaves(variables, self.collection, 'lora_b')
+    kernels = {}
+    for path, a in base.module_leaves(variables, self.collection, 'lora_a').items():
       if a.ndim != 2:
         raise ValueError('A bank of LoRA deltas cannot be merged into one kernel.')
-      kernel = params[f'{path}/kernel']
-      params[f'{path}/kernel'] = (np.asarray(kernel, np.float32) +
-                                  self.scale * (a @ b)).astype(np.asarray(kernel).dtype)
-    merged = {c: v for c, v in variables.items() if c != self.collection}
-    merged['params'] = unflatten_tree(params)
-    return merged
-
+      kernel = base.kernel_at(variables, path)
+      kernels[path] = (kernel.astype(np.float32) +
+                       self.scale * (a @ factors_b[path])).astype(kernel.dtype)
+    return base.with_kernels(variables, self.collection, kernels)
 
 __all__ = ['ATTENTION_QUERY_VALUE', 'LoRA']

@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from prompt_tuning.deltas import combine as combine_lib
-from prompt_tuning.deltas.base import Delta
+from prompt_tuning.deltas.base import Delta, module_leaves
 from prompt_tuning.deltas.ia3 import IA3
 from prompt_tuning.deltas.lora import LoRA
 from prompt_tuning.deltas.prompt import NotRecorded, PromptTuning
@@ -191,8 +191,7 @@ def _prompt_files(delta: PromptTuning, variables: Variables,
 
 def _leaves(delta: Delta, variables: Variables, leaf: str) -> Dict[str, np.ndarray]:
   """{module path: array} of `delta`'s leaves named `leaf`."""
-  flat = flatten_tree(variables.get(delta.collection, {}))
-  found = {p[:-len(leaf) - 1]: np.asarray(v) for p, v in flat.items() if p.endswith(f'/{leaf}')}
+  found = module_leaves(variables, delta.collection, leaf)
   if not found:
     raise ValueError(f'No {delta.kind} variables ({delta.collection}/.../{leaf}) to export; '
                      f'the variables hold {sorted(variables)}.')
