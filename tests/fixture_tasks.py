@@ -69,3 +69,10 @@ if 'fixture_sentiment_shouted' not in seqio.TaskRegistry.names():
 if 'fixture_sentiment_mixture' not in seqio.MixtureRegistry.names():
   seqio.MixtureRegistry.add('fixture_sentiment_mixture',
                             ['fixture_sentiment', 'fixture_sentiment_shouted'], default_rate=1.0)
+
+# The two tasks marked as tasks 0 and 1 of a multi-task prompt (first input
+# token <extra_id_0> or <extra_id_1>).
+if 'fixture_sentiment_marked' not in seqio.MixtureRegistry.names():
+  from prompt_tuning.data import task_markers  # pylint: disable=g-import-not-at-top
+  task_markers.add_marked_mixture('fixture_sentiment_marked',
+                                  ['fixture_sentiment', 'fixture_sentiment_shouted'])

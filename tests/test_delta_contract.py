@@ -53,6 +53,11 @@ CASES = {
                  ['--gin.ADAPTER_REDUCTION_FACTOR=8']),
     'bitfit': (deltas.BitFit, ['gin/methods/bitfit.gin'], []),
     'norm': (deltas.NormTuning, ['gin/methods/norm.gin'], []),
+    'multitask_prompt': (
+        lambda: deltas.MultiTaskPrompt(num_tasks=2, length=3, combination='project'),
+        ['gin/methods/multitask_prompt.gin'],
+        ['--gin.NUM_TASKS=2', '--gin.PROMPT_LENGTH=3', "--gin.MULTITASK_COMBINATION='project'",
+         "--gin.MIXTURE_OR_TASK_NAME='fixture_sentiment_marked'"]),
     # Two deltas in one model: a prompt and LoRA.
     'prompt+lora': (lambda: (deltas.PromptTuning(length=3, init=initializers.random_uniform()),
                              deltas.LoRA(rank=2)),
@@ -75,6 +80,8 @@ def _batch(seed=0, batch=4):
   rng = np.random.RandomState(seed)
   enc = rng.randint(2, 1000, (batch, LENGTHS['inputs']))
   enc[1, 9:] = 0
+  # Task markers (<extra_id_0>, <extra_id_1>) first, for multi-task prompts.
+  enc[:, 0] = 32099 - np.arange(batch) % 2
   tgt = rng.randint(2, 1000, (batch, LENGTHS['targets']))
   tgt[2, 2:] = 0
   dec = np.concatenate([np.zeros((batch, 1), int), tgt[:, :-1]], 1)
@@ -199,7 +206,10 @@ def test_a_bank_of_two_serves_each_example_as_its_delta_alone(trained):
   model, batch, state, method = trained['model'], trained['batch'], trained['state'], trained['method']
   # A member: what the deltas own (their collections and the leaves they train).
   owned = list(method.trainable_patterns) + [f'{d.collection}/.*' for d in method.deltas]
-  member = lambda variables: paths.select(jax.device_get(variables), owned)
+  def member(variables):  # served: materialized (a prompt encoder collapsed to its prompt)
+    for delta in method.deltas:
+      variables = delta.materialize(variables)
+    return paths.select(jax.device_get(variables), owned)
   members = [member(trained['initial']), member(state.variables)]
   frozen = {'params': trained['initial']['params']}
   if not any(d.bank_leaves() for d in method.deltas):
