@@ -1,5 +1,6 @@
 """Imports run one way (DESIGN.md): model, data at the bottom; deltas on model;
-train and infer on those, never on each other; interop, the CLIs and tools on top.
+train and infer on those, never on each other (transfer, SPoT's ranking, beside
+them); interop, the CLIs and tools on top.
 
 Read from the sources with `ast`, so every import counts, also those inside
 functions.
@@ -19,6 +20,7 @@ ALLOWED = {
     'deltas': {'model'},
     'train': {'model', 'data', 'deltas'},
     'infer': {'model', 'data', 'deltas'},
+    'transfer': {'model', 'deltas'},
 }
 SHARED = {'gin_utils', '__init__'}
 

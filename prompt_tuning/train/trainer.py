@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import flax.linen as nn
 import gin
@@ -118,7 +118,8 @@ def train(*,
           eval_steps: int = 20,
           run_eval_before_training: bool = False,
           inference_evaluator: Optional[Any] = None,
-          partitioner: Optional[partitioning.Partitioner] = None
+          partitioner: Optional[partitioning.Partitioner] = None,
+          delta_init: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> TrainState:
   """Trains what `method` trains (its deltas, or the paths it names); returns the final state.
 
@@ -135,6 +136,8 @@ def train(*,
   variables, optimizer state and batches on its ('data', 'model') mesh.
   `num_microbatches` (T5X's): accumulate each step's gradient over that many
   slices of the batch, one update per batch (less activation memory).
+  `delta_init` (e.g. `deltas.assignment.RestoreDelta`, SPoT): replaces the
+  deltas' initial values when the run starts fresh (not when it resumes).
   """
   partitioner = partitioner or partitioning.Partitioner()
   partitioner.add_rules(method.logical_axis_rules())
@@ -155,6 +158,8 @@ def train(*,
           'base_fingerprint': fingerprint(params),
           'base_step': _base_step(initial_checkpoint_path) if initial_checkpoint_path else 0}
   variables = initialize_variables(model, params, rng, task_feature_lengths, partitioner)
+  if delta_init is not None and latest is None:
+    variables = delta_init(variables)
   frozen, trainable = method.split(variables)
   if latest is not None:
     recorded = checkpointer.metadata(latest)
