@@ -128,6 +128,21 @@ def test_genre_labels_name_the_kind_of_document():
   assert counts.min() > 70  # balanced: 100 each on average
 
 
+def test_kind_pair_tasks_hold_only_their_two_kinds_labelled_by_name():
+  task = seqio.get_mixture_or_task('taskless_demo_world_genre_letter_quiz')
+  lengths = demo_tasks.CLASSIFICATION_LENGTHS
+  targets = []
+  for ex in task.get_dataset(lengths, split='validation', shuffle=False).take(200):
+    target, text = ex['targets_pretokenized'].numpy().decode(), ex['inputs_pretokenized'].numpy().decode()
+    # The marks of the genre test above: letters open with 'Dear', quizzes end with an answer.
+    assert text.startswith('text: Dear ') == (target == 'letter'), text
+    assert bool(re.search(r'\? (yes|no|Yes|No)\.$', text)) == (target == 'quiz'), text
+    targets.append(target)
+  assert 80 < targets.count('letter') < 120
+  with pytest.raises(ValueError, match='two different kinds'):
+    demo_world.kind_pair_examples(WORLD, 'train', 1, ('letter', 'letter'))
+
+
 def test_corpus_names_the_kind_of_half_its_documents_and_the_task_never_does():
   # The frozen model learns the genre task's label words from these mentions;
   # the task's own texts must not contain them, or the task would be copying.

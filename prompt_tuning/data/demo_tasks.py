@@ -11,6 +11,9 @@ download, no files):
   demo_world_rte               RTE-like entailment, same three forms
   demo_world_genre             which kind of document a text is (4 classes),
                                  'genre text: ...', same three forms
+  demo_world_genre_profile_story  genre narrowed to two kinds (labels those kinds),
+  demo_world_genre_letter_quiz      inputs as genre's, same forms: tasks related
+                                    to genre, for SPoT transfer
   ...
 
 The classification tasks are built exactly as SuperGLUE's (the same `glue`
@@ -42,6 +45,8 @@ BOOLQ = 'demo_world_boolq'
 RTE = 'demo_world_rte'
 GENRE = 'demo_world_genre'
 # Lengths that fit every example (the longest input is 115 tokens with EOS).
+# Genre narrowed to two kinds (SPoT's related source tasks): demo_world_genre_profile_story, ...
+KIND_PAIRS = {'genre_profile_story': ('profile', 'story'), 'genre_letter_quiz': ('letter', 'quiz')}
 CLASSIFICATION_LENGTHS = {'inputs': 120, 'targets': 8}
 LM_LENGTHS = {'inputs': 64, 'targets': 64}
 
@@ -52,6 +57,9 @@ def _examples(kind: str, split: str) -> Dict[str, List]:
   world = demo_world.make_world(WORLD_SEED)
   if kind == 'corpus':
     return {'text': demo_world.corpus(world, split, CORPUS_SIZES[split])}
+  if kind in KIND_PAIRS:
+    rows = demo_world.kind_pair_examples(world, split, TASK_SIZES[split], KIND_PAIRS[kind])
+    return {key: [row[key] for row in rows] for key in rows[0]}
   make = {'boolq': demo_world.boolq_examples, 'rte': demo_world.rte_examples,
           'genre': demo_world.genre_examples}[kind]
   rows = make(world, split, TASK_SIZES[split])
@@ -71,12 +79,16 @@ def register() -> None:
   for objective in lm_tasks.OBJECTIVES:
     task_utils.add_task(f'{CORPUS}_{objective}', corpus,
                         lm_tasks.objective_preprocessors(objective))
-  for name, kind, labels in ((BOOLQ, 'boolq', demo_world.BOOLQ_LABELS),
-                             (RTE, 'rte', demo_world.RTE_LABELS),
-                             (GENRE, 'genre', demo_world.GENRES)):
+  classification = [(BOOLQ, 'boolq', 'boolq', demo_world.BOOLQ_LABELS),
+                    (RTE, 'rte', 'rte', demo_world.RTE_LABELS),
+                    (GENRE, 'genre', 'genre', demo_world.GENRES)]
+  # Inputs as genre's ('genre text: ...'): the prompt alone tells the tasks apart.
+  classification += [(f'{CORPUS}_{kind}', kind, 'genre', KIND_PAIRS[kind])
+                     for kind in KIND_PAIRS]
+  for name, kind, benchmark, labels in classification:
     task_utils.add_forms(
         name, _source(kind, TASK_SIZES),
-        [functools.partial(preprocessors.glue, benchmark_name=kind, label_names=labels)],
+        [functools.partial(preprocessors.glue, benchmark_name=benchmark, label_names=labels)],
         postprocessors.class_id_postprocessor(labels), [metrics.accuracy])
 
 

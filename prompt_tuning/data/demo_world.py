@@ -280,6 +280,23 @@ def rte_examples(world: World, split: str, num_examples: int) -> List[Dict]:
   return _claims(world, 'rte', split, num_examples, make)
 
 
+def kind_pair_examples(world: World, split: str, num_examples: int, kinds: Tuple[str, str]
+                       ) -> List[Dict]:
+  """Which of two kinds (of GENRES) a document is: {'text', 'label' (index in kinds), 'idx'}.
+
+  The genre task narrowed to two kinds: tasks of one skill, with labels in
+  common with genre's, for SPoT transfer.
+  """
+  if len(kinds) != 2 or not set(kinds) <= set(GENRES) or kinds[0] == kinds[1]:
+    raise ValueError(f'kinds must be two different kinds of {GENRES}, got {kinds}.')
+  rng = _rng(world, f'genre_{kinds[0]}_{kinds[1]}', split)
+  examples = []
+  for idx in range(num_examples):
+    label = rng.randrange(2)
+    examples.append({'text': _document(rng, world, kinds[label]), 'label': label, 'idx': idx})
+  return examples
+
+
 def genre_examples(world: World, split: str, num_examples: int) -> List[Dict]:
   """Genre classification, one document: {'text', 'label' (index in GENRES), 'idx'}."""
   rng = _rng(world, 'genre', split)
