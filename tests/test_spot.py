@@ -140,3 +140,13 @@ def test_cli_ranks_and_writes_the_average(tmp_path):
                         f'--source=x={tmp_path / "missing.npy"}'], cwd=REPO,
                        capture_output=True, text=True, check=False)
   assert bad.returncode != 0 and 'missing.npy' in bad.stderr
+
+
+def test_the_source_recipe_is_the_papers():
+  from prompt_tuning.deltas import initializers  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import T5Config  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.method import from_run_files  # pylint: disable=g-import-not-at-top
+  method = from_run_files(['gin/runs/spot_source.gin'], T5Config())
+  (prompt,) = method.deltas
+  assert prompt.length == 100 and isinstance(prompt.init, initializers.SampledVocab)
+  assert prompt.init.population_size == 5000 and method.optimizer.learning_rate == 0.3
