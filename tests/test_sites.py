@@ -23,6 +23,7 @@ EXPECTED = {
     'attention_scores': ('MultiHeadDotProductAttention', 'attend'),
     'mlp': ('MlpBlock', '__call__'),
     'dense': ('Dense', '__call__'),
+    'relative_position_bias': ('RelativePositionBiases', '__call__'),
 }
 
 
@@ -30,7 +31,8 @@ def test_the_site_list_is_the_documented_one():
   assert {s.name: (s.owner, s.method) for s in sites.SITES} == EXPECTED
   classes = {cls.__name__: cls for cls in (t5.Transformer, t5.EncoderLayer, t5.DecoderLayer,
                                            layers.MultiHeadDotProductAttention,
-                                           layers.MlpBlock, layers.Dense)}
+                                           layers.MlpBlock, layers.Dense,
+                                           layers.RelativePositionBiases)}
   for site in sites.SITES:
     assert callable(getattr(classes[site.owner], site.method, None)), site
     assert site.name in sites.__doc__, f'{site.name} is not documented in sites.py'
@@ -79,6 +81,8 @@ def test_every_site_is_reached_once_per_call(remat):
   assert 'encoder/layers_0/attention/query' in dense
   assert 'decoder/layers_0/mlp/wo' in dense and 'decoder/logits_dense' in dense
   assert len(dense) == 3 * 4 + 2 * 3 + 1  # q, k, v, out per attention; wi_0, wi_1, wo; logits
+  assert _paths(recorder, 'relative_position_bias') == ['encoder/relpos_bias',
+                                                        'decoder/relpos_bias']
 
 
 class Scale:
@@ -109,3 +113,37 @@ def test_a_model_with_deltas_keeps_the_backbone_tree():
       nn.unbox(jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), TOKENS, TOKENS,
                                              TOKENS))['params']))
   assert shapes(Transformer(CONFIG, deltas=(Scale(),))) == shapes(Transformer(CONFIG))
+
+
+class Scratch:
+  """Leaves a value at the root and reads it in every attention, as a delta may."""
+  sites = ('encoder_input', 'encoder_mask', 'attention')
+
+  def __init__(self):
+    self.seen = []
+
+  def setup(self, root):
+    del root
+
+  def intercept(self, site, next_fun, args, kwargs, module):
+    store = sites.scratch(self)
+    if site.name != 'attention':
+      store.setdefault('calls', []).append(site.name)
+    else:
+      self.seen.append(tuple(store['calls']))
+    return next_fun(*args, **kwargs)
+
+
+def test_the_scratch_lives_for_one_attachment_and_is_shared_by_encode_and_decode():
+  delta = Scratch()
+  model = Transformer(CONFIG, deltas=(delta,))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), TOKENS, TOKENS, TOKENS)['params'])
+  delta.seen.clear()
+  model.apply({'params': params}, TOKENS, TOKENS, TOKENS)
+  # encode (its attention), then decode (two): one dict for the whole call.
+  assert delta.seen == [('encoder_input',)] + 2 * [('encoder_input', 'encoder_mask')]
+  delta.seen.clear()
+  model.apply({'params': params}, TOKENS, method=Transformer.encode)
+  assert delta.seen == [('encoder_input',)]  # a fresh one for the next call
+  with pytest.raises(RuntimeError, match='only available while deltas are attached'):
+    sites.scratch(delta)

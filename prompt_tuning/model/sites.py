@@ -10,21 +10,29 @@ Shapes: batch b, input length l (l' after a delta lengthened it), target
 length t, query length q, key length k, model width d, heads h, head width
 hd, MLP width m.
 
-| site             | module.method                            | arguments -> result |
-|------------------|------------------------------------------|---------------------|
-| encoder_input    | Transformer.embed_encoder_inputs         | tokens [b, l] -> (embedded [b, l', d], mask [b, l']) |
-| encoder_mask     | Transformer.encoder_mask                 | tokens [b, l] -> mask [b, l'] (cached decoding's cross-attention mask) |
-| encoder_layer    | EncoderLayer.__call__                    | x [b, l', d], bias [b|1, h, l', l'], enable_dropout -> [b, l', d] |
-| decoder_layer    | DecoderLayer.__call__                    | x [b, t, d], encoded [b, l', d], self_bias, cross_bias, enable_dropout, decode -> [b, t, d] |
-| attention        | MultiHeadDotProductAttention.__call__    | inputs_q [b, q, d], inputs_kv [b, k, d], bias [b|1, h|1, q, k] -> [b, q, d] |
-| attention_scores | MultiHeadDotProductAttention.attend      | query [b, q, h, hd], key [b, k, h, hd], value [b, k, h, hd], bias -> [b, q, h, hd] |
-| mlp              | MlpBlock.__call__                        | x [b, l, d], enable_dropout -> [b, l, d] |
-| dense            | Dense.__call__                           | x [..., in] -> [..., out] (every projection) |
+| site                   | module.method                            | arguments -> result |
+|------------------------|------------------------------------------|---------------------|
+| encoder_input          | Transformer.embed_encoder_inputs         | tokens [b, l] -> (embedded [b, l', d], mask [b, l']) |
+| encoder_mask           | Transformer.encoder_mask                 | tokens [b, l] -> mask [b, l'] (cached decoding's cross-attention mask) |
+| encoder_layer          | EncoderLayer.__call__                    | x [b, l', d], bias [b|1, h, l', l'], enable_dropout -> [b, l', d] |
+| decoder_layer          | DecoderLayer.__call__                    | x [b, t, d], encoded [b, l', d], self_bias, cross_bias, enable_dropout, decode -> [b, t, d] |
+| attention              | MultiHeadDotProductAttention.__call__    | inputs_q [b, q, d], inputs_kv [b, k, d], bias [b|1, h|1, q, k] -> [b, q, d] |
+| attention_scores       | MultiHeadDotProductAttention.attend      | query [b, q, h, hd], key [b, k, h, hd], value [b, k, h, hd], bias -> [b, q, h, hd] |
+| mlp                    | MlpBlock.__call__                        | x [b, l, d], enable_dropout -> [b, l, d] |
+| dense                  | Dense.__call__                           | x [..., in] -> [..., out] (every projection) |
+| relative_position_bias | RelativePositionBiases.__call__          | q_length, k_length, bidirectional -> [1, h, q, k] (a stack's relative-position bias) |
 
 `attention_scores` runs after keys and values are formed, and in cached
 decoding after the cache is updated, so key [b, max_len, h, hd] is the whole
 cache there: a prefix added at this site is never written to the cache. The
 MLP's hidden activation [b, l, m] is the input of its `wo` dense site.
+`relative_position_bias` runs once per stack (`encoder/relpos_bias`,
+`decoder/relpos_bias`) before its layers; in cached decoding it covers the
+whole cache, [1, h, max_len, max_len], and the layers take their row.
+
+A delta that computes something at one site and reads it at another (a
+table at the root, used inside `nn.remat`-lifted layers) keeps it in
+`scratch(delta)`, a dict that lives while `attach` is active.
 
 Sites are matched by the class name anywhere in the module's MRO (so
 `nn.remat`'s lifted layer classes match too) and the method name; the
@@ -64,6 +72,8 @@ SITES: Tuple[Site, ...] = (
          '-> [b, q, h, hd]'),
     Site('mlp', 'MlpBlock', '__call__', 'x [b, l, d], enable_dropout -> [b, l, d]'),
     Site('dense', 'Dense', '__call__', 'x [..., in] -> [..., out]'),
+    Site('relative_position_bias', 'RelativePositionBiases', '__call__',
+         'q_length, k_length, bidirectional -> [1, h, q, k]'),
 )
 SITES_BY_NAME: Dict[str, Site] = {site.name: site for site in SITES}
 _BY_METHOD: Dict[Tuple[str, str], Site] = {(s.owner, s.method): s for s in SITES}
@@ -124,12 +134,28 @@ def attach(deltas: Sequence[Any]) -> Iterator[None]:
       fun = _bind(delta, site, fun, context.module)
     return fun(*args, **kwargs)
 
-  _attached.deltas = deltas
+  scratches = getattr(_attached, 'scratch', None)
+  _attached.deltas, _attached.scratch = deltas, {}
   try:
     with nn.intercept_methods(interceptor):
       yield
   finally:
-    _attached.deltas = active
+    _attached.deltas, _attached.scratch = active, scratches
+
+
+def scratch(delta: Any) -> Dict[str, Any]:
+  """`delta`'s own dict for the current attachment: values one site leaves for another.
+
+  Created empty when `attach` starts and shared by the re-entrant `encode` and
+  `decode` inside `__call__`; gone when it ends, so nothing outlives one apply.
+  Values may be traced arrays of that apply (read inside `nn.remat`-lifted
+  layers too).
+  """
+  store = getattr(_attached, 'scratch', None)
+  if store is None:
+    raise RuntimeError('sites.scratch is only available while deltas are attached '
+                       '(inside Transformer.__call__, encode or decode).')
+  return store.setdefault(delta, {})
 
 
 def _bind(delta: Any, site: Site, next_fun: Callable[..., Any], module: nn.Module
@@ -137,4 +163,5 @@ def _bind(delta: Any, site: Site, next_fun: Callable[..., Any], module: nn.Modul
   return lambda *args, **kwargs: delta.intercept(site, next_fun, args, kwargs, module)
 
 
-__all__ = ['SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path', 'site_of']
+__all__ = ['SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path', 'scratch',
+           'site_of']
