@@ -1,4 +1,4 @@
-"""Converts deltas to and from Hugging Face PEFT adapters (prompt tuning, LoRA, IA3).
+"""Converts deltas to and from Hugging Face PEFT adapters (prompt tuning, LoRA, IA3; P-tuning out).
 
     python tools/peft_adapter.py export --checkpoint MODEL_DIR[/checkpoint_<step>] \
         --output rte_lora [--base_model_name_or_path hf_t5_folder]
@@ -6,7 +6,9 @@
         [--base pretrained_model]
 
 An exported folder loads with `peft.PeftModel.from_pretrained(t5, folder)` on
-the Hugging Face export of the base (tools/export_hf.py). An import writes an
+the Hugging Face export of the base (tools/export_hf.py). A P-tuning checkpoint
+(prefix template) exports as PEFT's P_TUNING, holding the encoder's output (as
+PEFT saves it); such a file cannot be imported back as P-tuning. An import writes an
 .npz of the delta's variables by path ('lora/encoder/layers_0/attention/query/
 lora_a', ...) and, under '__deltas__', the deltas' configuration as JSON:
 

@@ -6,10 +6,12 @@
 An adapter folder holds `adapter_config.json` and `adapter_model.safetensors`;
 it loads with `peft.PeftModel.from_pretrained(t5, folder)` on the Hugging Face
 export of the base (tools/export_hf.py). Three methods carry over, one delta
-per adapter:
+per adapter, and P-tuning exports:
 
   ours                 PEFT            tensors (torch layout, [out, in])
   PromptTuning         PROMPT_TUNING   prompt_embeddings [P * submodules, d]
+  PTuning (export)     P_TUNING        prompt_embeddings [P, d]: the encoder's
+                                       output, which is all PEFT saves
   LoRA                 LORA            <module>.lora_A.weight [r, in] = lora_a.T
                                        <module>.lora_B.weight [out, r] = lora_b.T
   IA3                  IA3             <module>.ia3_l [out, 1] (scales the output)
@@ -31,6 +33,7 @@ from prompt_tuning.deltas import combine as combine_lib
 from prompt_tuning.deltas.base import Delta, module_leaves
 from prompt_tuning.deltas.ia3 import IA3
 from prompt_tuning.deltas.lora import LoRA
+from prompt_tuning.deltas.p_tuning import PTuning, hidden_size
 from prompt_tuning.deltas.prompt import NotRecorded, PromptTuning
 from prompt_tuning.model.config import T5Config
 from prompt_tuning.model.param_shapes import expected_shapes, flatten_tree, unflatten_tree
@@ -45,6 +48,9 @@ TASK_TYPE = 'SEQ_2_SEQ_LM'
 # PEFT's prefix of module tensors in a PeftModel's state dict.
 PREFIX = 'base_model.model.'
 SUPPORTED = {'prompt': 'PROMPT_TUNING', 'lora': 'LORA', 'ia3': 'IA3'}
+# Export only: a P_TUNING file holds the encoder's output, not the encoder (so
+# PEFT's own P-tuning cannot resume); read back it would be a plain prompt.
+EXPORT_ONLY = {'p_tuning': 'P_TUNING'}
 # A regex that matches no path: an IA3 delta with no output-scaled projections.
 _NOTHING = r'(?!)'
 
@@ -135,7 +141,8 @@ def peft_files(deltas: Sequence[Delta], variables: Variables,
   """(adapter_config.json as a dict, {tensor name: array}) of one delta.
 
   Args:
-    deltas: exactly one PromptTuning (prefix placement), LoRA or IA3 delta.
+    deltas: exactly one PromptTuning (prefix placement), LoRA, IA3 or
+      PTuning (prefix template '[P:n] {inputs}') delta.
     variables: its variables (trained or served; `materialize` runs here),
       e.g. {'lora': {'encoder': {'layers_0': ...}}}; 'params' is ignored.
     config: the backbone, to check shapes against (and for the prompt's
@@ -146,18 +153,21 @@ def peft_files(deltas: Sequence[Delta], variables: Variables,
     ValueError: several deltas, another kind, a bank, or misfit shapes.
   """
   kinds = [d.kind for d in deltas]
-  if len(deltas) != 1 or kinds[0] not in SUPPORTED:
-    raise ValueError(f'A PEFT adapter carries exactly one delta of kind {sorted(SUPPORTED)}; '
-                     f'got {kinds or "none"}.')
+  if len(deltas) != 1 or kinds[0] not in {**SUPPORTED, **EXPORT_ONLY}:
+    raise ValueError(f'A PEFT adapter carries exactly one delta of kind {sorted(SUPPORTED)} '
+                     f'or, export only, {sorted(EXPORT_ONLY)}; got {kinds or "none"}.')
   (delta,) = deltas
   served = delta.materialize(variables)
   if isinstance(delta, PromptTuning):
     fields, tensors = _prompt_files(delta, served, config)
+  elif isinstance(delta, PTuning):
+    fields, tensors = _p_tuning_files(delta, served, config)
   elif isinstance(delta, LoRA):
     fields, tensors = _lora_files(delta, served, config)
   else:
     fields, tensors = _ia3_files(delta, served, config)
-  adapter_config = {'peft_type': SUPPORTED[delta.kind], 'task_type': TASK_TYPE,
+  adapter_config = {'peft_type': {**SUPPORTED, **EXPORT_ONLY}[delta.kind],
+                    'task_type': TASK_TYPE,
                     'base_model_name_or_path': base_model_name_or_path,
                     'inference_mode': True, **fields}
   return adapter_config, {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
@@ -185,6 +195,36 @@ def _prompt_files(delta: PromptTuning, variables: Variables,
       'prompt_tuning_init': 'RANDOM',
       'prompt_tuning_init_text': None,
       'tokenizer_name_or_path': None,
+  }
+  return fields, {'prompt_embeddings': prompt}
+
+
+def _p_tuning_files(delta: PTuning, variables: Variables,
+                    config: Optional[T5Config]) -> Tuple[Dict[str, Any], Tensors]:
+  if not delta.parsed.is_prefix:
+    raise ValueError(f'PEFT prepends the P-tuning prompt to the input; the template '
+                     f'{delta.template!r} is not a prefix "[P:n] {{inputs}}".')
+  prompt = delta.prompt_of(variables)  # [P, d], the encoder's output
+  if prompt.ndim != 2:
+    raise ValueError(f'A prompt bank {prompt.shape} is not one PEFT adapter.')
+  if config is not None:
+    _check_shape('The P-tuning prompt', prompt.shape, (delta.length, config.emb_dim),
+                 'the base model')
+  width = int(prompt.shape[1])
+  fields = {
+      'num_virtual_tokens': int(prompt.shape[0]),
+      'token_dim': width,
+      # 1: the stored rows are exactly the encoder's prompt (PEFT's T5 default
+      # of 2 would run its encoder over 2P tokens and use the first P).
+      'num_transformer_submodules': 1,
+      'num_attention_heads': config.num_heads if config else None,
+      'num_layers': config.num_encoder_layers if config else None,
+      # What the encoder was, for the reader; PEFT in inference mode builds
+      # no encoder and serves prompt_embeddings as they are.
+      'encoder_reparameterization_type': delta.encoder.upper(),
+      'encoder_hidden_size': hidden_size(delta.encoder, delta.hidden, width),
+      'encoder_num_layers': 2,
+      'encoder_dropout': 0.0,
   }
   return fields, {'prompt_embeddings': prompt}
 
