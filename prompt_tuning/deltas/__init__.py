@@ -5,9 +5,10 @@
                                                      init=initializers.sampled_vocab()),
                                         LoRA(rank=8)))
 
-Methods: prompt (prompt tuning), multitask_prompt (shared + per-task prompts),
-lora, ia3, adapters (Houlsby / Pfeiffer), bitfit (added biases) and norm
-tuning (the RMS norms' scales).
+Methods: prompt (prompt tuning), p_tuning (P-tuning v1: an encoded prompt
+placed by a template), multitask_prompt (shared + per-task prompts), prefix
+(deep prompts: key/value prefixes on attention), lora, ia3, adapters (Houlsby /
+Pfeiffer), bitfit (added biases) and norm tuning (the RMS norms' scales).
 
 `base.Delta` is the spec every method implements; `paths` the regex
 vocabulary over variable paths (train, save, restore, bank). Importing this
@@ -22,11 +23,13 @@ from prompt_tuning.deltas.bitfit import BitFit, NormTuning
 from prompt_tuning.deltas.ia3 import IA3
 from prompt_tuning.deltas.lora import LoRA
 from prompt_tuning.deltas.multitask import MultiTaskPrompt
+from prompt_tuning.deltas.p_tuning import PTuning
+from prompt_tuning.deltas.prefix import PrefixTuning
 from prompt_tuning.deltas.prompt import Prompt, PromptTuning
 from prompt_tuning.deltas.records import read_prompt, recorded_deltas
 
 __all__ = [
-    'Adapters', 'BitFit', 'Delta', 'IA3', 'LoRA', 'MultiTaskPrompt', 'NormTuning', 'Prompt', 'PromptTuning', 'check_deltas', 'combine', 'delta_from_config',
+    'Adapters', 'BitFit', 'Delta', 'IA3', 'LoRA', 'MultiTaskPrompt', 'NormTuning', 'PTuning', 'PrefixTuning', 'Prompt', 'PromptTuning', 'check_deltas', 'combine', 'delta_from_config',
     'export_all', 'initializers', 'logical_axis_rules', 'paths', 'read_prompt',
     'recorded_deltas', 'register', 'registered', 'trainable_patterns',
 ]

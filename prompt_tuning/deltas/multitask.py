@@ -50,7 +50,7 @@ T5_FIRST_SENTINEL = 32099  # <extra_id_0> in the T5 vocabulary; <extra_id_i> is 
 _TASK_INIT_SCALE = 0.01  # the reference's uniform init of task variables
 # Logical axes; all small and replicated (see `logical_axis_rules`).
 _TASK_AXES = {'tasks': ('tasks', 'prompt', 'prompt_embed'),
-              'task_kernel': ('tasks', 'prompt_embed', 'prompt_embed'),
+              'task_kernel': ('tasks', 'prompt_embed', 'task_embed'),
               'task_bias': ('tasks', 'prompt_embed')}
 
 
@@ -199,7 +199,7 @@ class MultiTaskPrompt(base.Delta):
     return {'shared': (p, d), 'task_kernel': (t, d, d), 'task_bias': (t, d)}
 
   def logical_axis_rules(self) -> base.LogicalAxisRules:
-    return (('prompt', None), ('prompt_embed', None), ('tasks', None))
+    return (('prompt', None), ('prompt_embed', None), ('tasks', None), ('task_embed', None))
 
   def setup(self, root: nn.Module) -> None:
     setattr(root, self.name, MultiTaskPromptModule(self))
