@@ -17,6 +17,12 @@ time. A model-tuning checkpoint holds the whole backbone and needs no base.
 A bare `.npy` prompt records no base, so INITIAL_CHECKPOINT_PATH is required
 for it. Checkpoints written before deltas existed load too (their prompt is
 recognised by its path).
+
+Checkpoints of real T5X runs (`python -m t5x.train` with gin/t5x/, Orbax or
+legacy format) load the same way: they hold the whole backbone with each
+delta's collection beside it in `target` (`prompt_tuning.interop.t5x`). The
+backbone is theirs; the deltas are the configured model's of the same
+collection, or, for a prompt, rebuilt from its shape.
 """
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -145,8 +151,36 @@ class VariableLoader:
     expected = flatten_tree(expected_shapes(self.model.config))
     return set(expected) <= set(flatten_tree(delta.get('params', {})))
 
+  def _read_t5x(self, kind: str, directory: str
+                ) -> Tuple[str, Variables, Tuple[Any, ...], Any]:
+    """`_read` for a T5X checkpoint: its backbone, and the deltas trained beside it."""
+    params, trained = pretrained.read_t5x_target(kind, directory)
+    check_params(self.model.config, params, directory)
+    deltas = []
+    for collection, tree in trained.items():
+      configured = [d for d in self.model.deltas if d.collection == collection]
+      if configured:
+        deltas.append(configured[0])
+      elif collection == prompt_lib.COLLECTION:
+        configured = [d for d in self.model.deltas if isinstance(d, PromptTuning)]
+        deltas.append(PromptTuning(
+            length=int(np.shape(tree['prompt']['prompt'])[0]),
+            init=prompt_lib.NotRecorded(directory),
+            combine=configured[0].combine if configured else PromptTuning.combine))
+      else:
+        raise ConfigurationError(
+            f'{directory} (a T5X checkpoint) holds the delta collection {collection!r}; '
+            'configure that delta (the gin/methods/ file the T5X run used) to load it.')
+    return directory, _materialize(deltas, dict(trained)), tuple(deltas), params
+
   def _read(self, path: str) -> Tuple[str, Variables, Tuple[Any, ...], Any]:
     """(directory, served delta variables, deltas, base params or None) of a checkpoint."""
+    try:
+      kind, resolved = pretrained.detect_format(path)
+    except pretrained.CheckpointError:
+      kind = None
+    if kind in ('t5x', 't5x_orbax'):
+      return self._read_t5x(kind, resolved)
     directory = checkpoints.resolve_checkpoint(path)
     metadata = checkpoints.read_metadata(directory)
     delta = checkpoints.read_delta(directory)

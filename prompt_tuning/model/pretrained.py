@@ -2,8 +2,12 @@
 
 Accepted, detected from what is on disk:
 
-  * a legacy T5X checkpoint: a `checkpoint_<step>` directory holding the
-    `checkpoint` msgpack file (and no Orbax layout), or that file itself;
+  * a T5X checkpoint: a `checkpoint_<step>` directory in T5X's Orbax format
+    (`state/_METADATA`, T5X HEAD's default) or the legacy one (the
+    `checkpoint` msgpack file + zarr arrays), or that msgpack file itself. A
+    checkpoint of a T5X run that trained a delta (`gin/t5x/`) holds the
+    delta beside the backbone; only the backbone is returned here
+    (`prompt_tuning.infer.loading` loads both);
   * a directory of `checkpoint_<step>` subdirectories (a T5X model dir): the
     highest step is loaded;
   * a Hugging Face T5 folder: config.json with model.safetensors (possibly
@@ -27,18 +31,19 @@ import numpy as np
 from prompt_tuning.model import checkpoints
 from prompt_tuning.model import hf_checkpoint
 from prompt_tuning.model import t5x_checkpoint
+from prompt_tuning.model import t5x_orbax
 from prompt_tuning.model.config import T5Config
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
 
 _STEP_DIR_RE = re.compile(r'^checkpoint_(\d+)$')
-# Files and folders that mark an Orbax checkpoint (what current T5X writes).
+# Files and folders of an Orbax checkpoint that is neither T5X's nor ours.
 _ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', 'manifest.ocdbt',
                   'state')
 ACCEPTED = (
-    'a legacy T5X checkpoint_<step> directory (msgpack `checkpoint` file + '
-    'zarr arrays) or its `checkpoint` file; a directory of checkpoint_<step> '
-    'subdirectories (the latest is used); a Hugging Face T5 folder '
+    'a T5X checkpoint_<step> directory, Orbax (state/_METADATA) or legacy '
+    '(msgpack `checkpoint` file + zarr arrays), or the legacy `checkpoint` '
+    'file; a directory of checkpoint_<step> subdirectories (the latest is used); a Hugging Face T5 folder '
     '(config.json + model.safetensors[.index.json] or pytorch_model.bin); '
     'a checkpoint_<step> of this project\'s pretrain/lm_adapt/model_tune runs')
 
@@ -78,7 +83,7 @@ def _describe(names: List[str]) -> str:
 
 
 def detect_format(path: str) -> Tuple[str, str]:
-  """Says what `path` holds: ('t5x', checkpoint path), ('hf', folder) or ('ours', dir).
+  """What `path` holds: ('t5x' | 't5x_orbax', checkpoint), ('hf', folder) or ('ours', dir).
 
   Raises:
     CheckpointError: saying what was found and which formats are accepted.
@@ -101,6 +106,8 @@ def _detect(path: str, model_dir_ok: bool) -> Tuple[str, str]:
   names = _listdir(path)
   if 'state' in names and 'metadata' in names:
     return 'ours', path
+  if t5x_orbax.is_t5x_orbax(path):
+    return 't5x_orbax', path
   orbax = [m for m in _ORBAX_MARKERS if m in names]
   if orbax:
     raise CheckpointError(
@@ -141,14 +148,27 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
       unreadable or do not fit together.
   """
   kind, resolved = detect_format(path)
-  if kind == 't5x':
-    config, params = t5x_checkpoint.load_t5x(resolved)
+  if kind in ('t5x', 't5x_orbax'):
+    params, _ = read_t5x_target(kind, resolved)
+    config = t5x_checkpoint.config_from_t5x_params(params, source=resolved)
   elif kind == 'ours':
     config, params = _load_own_checkpoint(resolved)
   else:
     config, params = hf_checkpoint.read_hf_t5(resolved)
   check_params(config, params, resolved)
   return config, params
+
+
+def read_t5x_target(kind: str, path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(backbone params, {collection: tree} of deltas trained beside it) of a T5X checkpoint.
+
+  `kind` is detect_format's: 't5x' (legacy) or 't5x_orbax'.
+  """
+  if kind == 't5x_orbax':
+    target = t5x_orbax.read_t5x_orbax(path)
+  else:
+    target = t5x_checkpoint.read_t5x_checkpoint(path)
+  return t5x_orbax.split_target(target)
 
 
 def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
@@ -173,4 +193,4 @@ def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
 
 
 __all__ = ['ACCEPTED', 'CheckpointError', 'detect_format',
-           'latest_t5x_checkpoint', 'load_pretrained']
+           'latest_t5x_checkpoint', 'load_pretrained', 'read_t5x_target']
