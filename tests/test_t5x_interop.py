@@ -275,7 +275,7 @@ def test_t5x_and_our_trainer_agree_for_five_steps(tmp_path, shared_data):
   from test_train import _run_cli  # pylint: disable=g-import-not-at-top
   prompt = np.random.RandomState(0).uniform(-0.5, 0.5, (5, 4)).astype(np.float32)
   np.save(tmp_path / 'init.npy', prompt)
-  init = ['--gin_file=gin/prompts/from_file.gin', '--gin.PROMPT_LENGTH=5',
+  init = ['--gin_file=gin/prompts/from_file.gin', '--gin.PROMPT_LENGTH=5', '--gin.DROPOUT_RATE=0.0',
           f"--gin.PROMPT_FILE='{tmp_path / 'init.npy'}'"]
   model_dir, log = _t5x_train(tmp_path, shared_data, 'prompt', 'prompt_tune', 5, init)
   theirs = _t5x_losses(log)
