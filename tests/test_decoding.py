@@ -87,11 +87,11 @@ def _model_and_inputs():
   return model, {'params': params}, enc
 
 
-def test_cached_greedy_decoding_equals_recomputing_the_whole_sequence():
-  model, variables, enc = _model_and_inputs()
-  length = 7
-  cached = np.asarray(jax.jit(lambda v, e: predict.decode(model, v, e, length))(variables, enc))
-  # Without the cache: run the full decoder on the prefix, take the last argmax.
+def greedy_by_recomputing(model, variables, enc, length):
+  """Greedy decoding without the cache: the full decoder on the prefix, each step.
+
+  Positions after EOS are padding (0), as `predict.decode` gives them.
+  """
   prefix = np.zeros((enc.shape[0], length), np.int32)
   out = np.zeros_like(prefix)
   for t in range(length):
@@ -99,9 +99,15 @@ def test_cached_greedy_decoding_equals_recomputing_the_whole_sequence():
     out[:, t] = np.argmax(logits[:, t], -1)
     if t + 1 < length:
       prefix[:, t + 1] = out[:, t]
-  # Positions after EOS are padding in `cached`.
   ended = np.cumsum(out == 1, axis=1) - (out == 1) > 0
-  np.testing.assert_array_equal(cached, np.where(ended, 0, out))
+  return np.where(ended, 0, out)
+
+
+def test_cached_greedy_decoding_equals_recomputing_the_whole_sequence():
+  model, variables, enc = _model_and_inputs()
+  length = 7
+  cached = np.asarray(jax.jit(lambda v, e: predict.decode(model, v, e, length))(variables, enc))
+  np.testing.assert_array_equal(cached, greedy_by_recomputing(model, variables, enc, length))
 
 
 def test_beam_search_through_the_model_with_one_beam_is_greedy():

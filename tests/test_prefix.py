@@ -31,6 +31,8 @@ from prompt_tuning.model import T5Config, Transformer
 from prompt_tuning.model.hf_checkpoint import write_hf_t5
 from prompt_tuning.model.sites import module_path
 
+from test_decoding import greedy_by_recomputing  # tests/, on the path as pytest's rootdir
+
 # Heads x head width (24) != d_model (32), and 3 decoder layers against 2.
 CONFIG = T5Config(vocab_size=64, emb_dim=32, num_heads=3, head_dim=8, mlp_dim=40,
                   num_encoder_layers=2, num_decoder_layers=3, dropout_rate=0.0,
@@ -342,15 +344,7 @@ def test_greedy_decoding_with_the_cache_equals_recomputing(params):
   enc = jnp.asarray(BATCH[0])
   length = 5
   cached = np.asarray(predict.decode(model, variables, enc, length))
-  prefix = np.zeros((enc.shape[0], length), np.int32)
-  out = np.zeros_like(prefix)
-  for t in range(length):
-    logits = model.apply(variables, enc, jnp.asarray(prefix), jnp.ones_like(prefix))
-    out[:, t] = np.argmax(logits[:, t], -1)
-    if t + 1 < length:
-      prefix[:, t + 1] = out[:, t]
-  ended = np.cumsum(out == 1, axis=1) - (out == 1) > 0
-  np.testing.assert_array_equal(cached, np.where(ended, 0, out))
+  np.testing.assert_array_equal(cached, greedy_by_recomputing(model, variables, enc, length))
 
 
 # -- serving: materialize, remat, banks --------------------------------------------
