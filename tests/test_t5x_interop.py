@@ -72,7 +72,9 @@ def _t5x_model(module, optimizer_def=None):
 def _batch(rng, batch=2, inputs=6, targets=3):
   tokens = lambda n: rng.randint(2, 100, (batch, n)).astype(np.int32)
   target = tokens(targets)
-  return {'encoder_input_tokens': tokens(inputs), 'decoder_target_tokens': target,
+  encoder_input = tokens(inputs)
+  encoder_input[:, 0] = 32099 - np.arange(batch) % 2  # task markers, for multi-task prompts
+  return {'encoder_input_tokens': encoder_input, 'decoder_target_tokens': target,
           'decoder_input_tokens': np.concatenate([np.zeros((batch, 1), np.int32),
                                                   target[:, :-1]], 1),
           'decoder_loss_weights': np.ones_like(target)}
@@ -82,11 +84,7 @@ SHAPES = {'encoder_input_tokens': (2, 6), 'decoder_input_tokens': (2, 3)}
 TYPES = {'encoder_input_tokens': jnp.int32, 'decoder_input_tokens': jnp.int32}
 
 
-@pytest.mark.parametrize('name', [
-    pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason='T5X initializes with all-ones tokens, which carry no task marker; '
-        'the multi-task prompt refuses them (open: see the closing note of issue 15)'))
-    if n == 'multitask_prompt' else n for n in sorted(EVERY_DELTA)])
+@pytest.mark.parametrize('name', sorted(EVERY_DELTA))
 def test_every_delta_trains_under_t5x_train_state(name):
   """T5X's init, params_axes check, MultiOptimizer + traversal and Adafactor rules."""
   delta_tuple = EVERY_DELTA[name]()

@@ -171,9 +171,14 @@ class T5XTransformer(nn.Module):
       for name, tree in _axes_collection(boxed_params).items():
         self.put_variable('params_axes', name, tree)
     variables = from_params(self.variables['params'], self.deltas)
-    mutable = ['cache'] if self.is_mutable_collection('cache') else False
+    mutable = ['cache'] if self.is_mutable_collection('cache') else []
     if 'cache' in self.variables or mutable:
       variables['cache'] = self.variables.get('cache', {})
+    if self.is_initializing():
+      # As in our own init: the deltas see they are being created, so checks on
+      # real inputs (a multi-task prompt's task markers) skip T5X's dummy tokens.
+      mutable += sorted(_collections(self.deltas))
+    mutable = mutable or False
     rngs = {'dropout': self.make_rng('dropout')} if enable_dropout else {}
     out = model.apply(variables, *args, enable_dropout=enable_dropout, method=method,
                       rngs=rngs, mutable=mutable, **kwargs)
