@@ -25,10 +25,16 @@ import subprocess
 import sys
 from typing import Dict, List, Sequence
 
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prompt_tuning.deltas import read_prompt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning.transfer import spot  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning.deltas import read_prompt
+from prompt_tuning.model import load_pretrained
+from prompt_tuning.train import trainer
+from prompt_tuning.train.method import from_run_files
+from prompt_tuning.transfer import spot
 
 TARGET = ('taskless_demo_world_genre', ['profile', 'story', 'letter', 'quiz'])
 SOURCES = {
@@ -37,6 +43,7 @@ SOURCES = {
     'boolq': ('taskless_demo_world_boolq', ['no', 'yes']),
     'rte': ('taskless_demo_world_rte', ['entailment', 'not_entailment']),
 }
+DEMO_MODEL = 'prompt_tuning/assets/demo_world_t5'
 SOURCE_STEPS, EMBED_STEPS, TARGET_STEPS, EVAL_EVERY = 60, 10, 30, 10
 
 
@@ -56,6 +63,16 @@ def train(model_dir: str, task: str, labels: Sequence[str], steps: int, seed: in
     subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
+def initial_prompt(seed: int) -> np.ndarray:
+  """The prompt every run here with `seed` starts from (the recipe's sampled vocabulary)."""
+  config, params = load_pretrained(DEMO_MODEL)
+  method = from_run_files(['gin/demo/prompt_tune.gin'], config,
+                          ["CLASS_LABELS = ['no', 'yes']", 'PROMPT_INIT = @initializers.sampled_vocab()'])
+  variables = trainer.initialize_variables(method.model, params, jax.random.PRNGKey(seed),
+                                           {'inputs': 120, 'targets': 8})
+  return np.asarray(variables['prompt']['prompt']['prompt'])
+
+
 def accuracies(model_dir: str, task: str) -> Dict[int, float]:
   """{step: accuracy} of a run's inference evaluations."""
   path = os.path.join(model_dir, 'inference_eval', f'{task}-metrics.jsonl')
@@ -70,11 +87,12 @@ def _cell(values: List[float]) -> str:
 
 
 def markdown(results: Dict) -> str:
-  lines = ['| rank | source | mean-pooled cosine | pairwise cosine | source accuracy (%) |',
-           '|---|---|---|---|---|']
+  lines = ['| rank | source | mean-pooled cosine | pairwise cosine | the same on changes: '
+           'mean-pooled | pairwise | source accuracy (%) |', '|---|---|---|---|---|---|---|']
   for i, row in enumerate(results['ranking'], 1):
     lines.append(f'| {i} | {row["source"]} | {row["mean_pooled"]:.4f} | '
-                 f'{row["pairwise"]:.4f} | {row["source_accuracy"]:.1f} |')
+                 f'{row["pairwise"]:.4f} | {row["mean_pooled_of_changes"]:.4f} | '
+                 f'{row["pairwise_of_changes"]:.4f} | {row["source_accuracy"]:.1f} |')
   steps = sorted({int(s) for arm in results['arms'].values() for s in arm['per_seed'][0]})
   lines += ['', '| start | ' + ' | '.join(f'step {s}' for s in steps) + ' |',
             '|---|' + '---|' * len(steps)]
@@ -108,6 +126,11 @@ def main() -> None:
   library = {name: read_prompt(f'{out}/source_{name}') for name in SOURCES}
   scores = {metric: dict(spot.rank(target, library, metric)) for metric in spot.METRICS}
   ranking = spot.rank(target, library, 'mean_pooled')
+  # Every seed-0 run starts from the same sampled prompt: the same ranking on
+  # what each run changed (prompt - start), for comparison.
+  start = initial_prompt(0)
+  moved = {metric: dict(spot.rank(target - start, {n: p - start for n, p in library.items()},
+                                  metric)) for metric in spot.METRICS}
   best, worst = ranking[0][0], ranking[-1][0]
   print('ranking (mean-pooled cosine):', ranking, flush=True)
 
@@ -129,6 +152,8 @@ def main() -> None:
       'steps': {'source': SOURCE_STEPS, 'embedding': EMBED_STEPS, 'target': TARGET_STEPS},
       'ranking': [{'source': name, 'mean_pooled': scores['mean_pooled'][name],
                    'pairwise': scores['pairwise'][name],
+                   'mean_pooled_of_changes': moved['mean_pooled'][name],
+                   'pairwise_of_changes': moved['pairwise'][name],
                    'source_accuracy': source_accuracy[name]} for name, _ in ranking],
       'arms': arms}
   with open(os.path.join(out, 'spot_demo.json'), 'w') as f:
