@@ -465,3 +465,22 @@ def test_gin_from_file(shared_data):
   path = shared_data / 'pretrained_prompts_t5_1_1_lm100k_base' / 'rte.npy'
   init = _gin_prompt(['gin/prompts/from_file.gin'], [f"PROMPT_FILE = '{path}'"]).init
   np.testing.assert_array_equal(init(RNG, (100, 768)), np.load(path))
+
+
+def test_init_prompt_tool_writes_what_the_trainer_initializes(tmp_path, shared_data):
+  """tools/init_prompt.py (for T5X runs, which cannot read the restored table)."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from test_train import REPO, TINY_T5X_GIN, _args, _train_in_process  # pylint: disable=g-import-not-at-top
+  checkpoint = str(shared_data / 't5x_t5_1_1_tiny' / 'checkpoint_3')
+  labels = "--gin.CLASS_LABELS=['positive', 'negative']"
+  out = subprocess.run([sys.executable, 'tools/init_prompt.py', f'--checkpoint={checkpoint}',
+                        '--gin_file=gin/prompts/class_labels.gin', labels,
+                        '--gin.PROMPT_LENGTH=5', '--seed=3', f'--output={tmp_path / "p.npy"}'],
+                       cwd=REPO, capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  (tmp_path / 'tiny.gin').write_text(TINY_T5X_GIN)
+  state = _train_in_process(_args(str(tmp_path / 'tiny.gin'), checkpoint, tmp_path / 'run',
+                                  steps=0, prompt='class_labels',
+                                  extra=[labels, '--gin.RANDOM_SEED=3']))
+  np.testing.assert_array_equal(np.load(tmp_path / 'p.npy'),
+                                np.asarray(state.trainable['prompt']['prompt']['prompt']))
