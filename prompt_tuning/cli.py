@@ -7,19 +7,32 @@
     --tfds_data_dir=DIR        TFDS data directory
     --coordinator_address, --process_count, --process_index
                                multi-host runs (jax.distributed.initialize)
+    --verbose                  show the traceback under the one-line errors
+                               (also PROMPT_TUNING_VERBOSE=1)
 
 A command's module calls `run(main, example_gin_file=...)`; `main` takes no
-arguments and reads everything from gin. Configuration mistakes (a required
-macro left unset, a missing gin file, a checkpoint that is not there) end the
-process with one readable line instead of a traceback.
+arguments and reads everything from gin. The configuration is checked right
+after parsing, before anything heavy (`config_checks`; an unknown macro is
+refused with the nearest known name). The user's mistakes end the process
+with one line instead of a traceback:
+
+    Configuration error: ...  a macro unset, unknown or of the wrong type, a
+                              missing file, a base of another fingerprint
+    Checkpoint error: ...     a checkpoint unreadable, of other shapes than the
+                              configuration, or holding NaN
+    Disk error: ...           no space left (or a file-size limit) while writing
 """
+import errno
+import os
 import sys
-from typing import Any, Callable, Sequence
+import traceback
+from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from prompt_tuning import config_checks
 from prompt_tuning import gin_utils
 
 flags.DEFINE_multi_string('gin_file', [], 'Gin files, in order.')
@@ -29,10 +42,17 @@ flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory (seqio/TFDS defa
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: address of process 0.')
 flags.DEFINE_integer('process_count', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_index', None, 'Multi-host: index of this process.')
+flags.DEFINE_bool('verbose', False, 'Print the traceback under one-line error messages.')
 FLAGS = flags.FLAGS
 
-# gin's own wording for parameters and macros left unset.
-_GIN_CONFIGURATION_MESSAGES = ('REQUIRED', 'Required bindings', 'macro')
+# gin's own wording for parameters and macros left unset, and for bindings of
+# configurables or parameters that do not exist.
+_GIN_CONFIGURATION_MESSAGES = ('REQUIRED', 'Required bindings', 'macro',
+                               'No configurable matching', "doesn't have a parameter named")
+# What a full disk (or RLIMIT_FSIZE, or a quota) says when the errno is lost
+# on the way up (TensorFlow's and TensorStore's errors carry only text).
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DISK_FULL_MESSAGES = ('No space left on device', 'File too large', 'Disk quota exceeded')
 
 
 def is_configuration_error(error: BaseException) -> bool:
@@ -49,17 +69,79 @@ def is_configuration_error(error: BaseException) -> bool:
           any(m in str(error) for m in _GIN_CONFIGURATION_MESSAGES))
 
 
+def _chain(error: BaseException):
+  """`error` and the exceptions it was raised from or during, outermost first."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def _disk_full(error: BaseException) -> Optional[str]:
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+      where = f' writing {e.filename}' if e.filename else ''
+      return f'{os.strerror(e.errno)}{where}'
+    text = str(e)
+    for message in _DISK_FULL_MESSAGES:
+      if message in text:
+        return text.strip().splitlines()[0][:300]
+  return None
+
+
+def _restored_shapes_differ(error: BaseException) -> bool:
+  # Orbax's restore of a checkpoint into a target of other shapes; its advice
+  # ("set strict=False") is about Orbax's API, not what the user should do.
+  return any('strict=False' in str(e) or 'shape mismatch' in str(e).lower()
+             for e in _chain(error))
+
+
+def one_line(error: BaseException) -> Optional[str]:
+  """The one-line message for a user's mistake or the environment, None for a bug."""
+  disk = _disk_full(error)
+  if disk:
+    return (f'Disk error: the disk is full ({disk}); free space, or point MODEL_DIR / '
+            'the output directory at a disk with room, and rerun.')
+  if _restored_shapes_differ(error):
+    return ('Checkpoint error: the checkpoint being restored holds variables of other '
+            'shapes than this configuration (did PROMPT_LENGTH, the method or the model '
+            'change since it was saved?). Resume with the configuration the run was '
+            'started with (MODEL_DIR/config.gin), or train into a new MODEL_DIR.')
+  from prompt_tuning.model.param_shapes import CheckpointError  # pylint: disable=g-import-not-at-top
+  if isinstance(error, CheckpointError):
+    return f'Checkpoint error: {error}'
+  if isinstance(error, UnicodeDecodeError):
+    return (f'Configuration error: a file is not UTF-8 ({error}); save it as UTF-8 '
+            '(--verbose shows which read failed).')
+  if is_configuration_error(error):
+    # gin appends "In call to configurable ..." lines: noise for the user.
+    message = '\n'.join(line for line in str(error).splitlines()
+                        if not line.strip().startswith('In call to configurable'))
+    return f'Configuration error: {message}'
+  return None
+
+
+def _verbose() -> bool:
+  if os.environ.get('PROMPT_TUNING_VERBOSE', '') not in ('', '0'):
+    return True
+  return bool(FLAGS.is_parsed() and FLAGS.verbose)
+
+
 def call_reporting_configuration_errors(fn: Callable[[], Any]) -> Any:
-  """Calls `fn`; a configuration error exits with 'Configuration error: ...'."""
+  """Calls `fn`; the user's mistakes exit with one line (`one_line`), bugs raise.
+
+  With --verbose (or PROMPT_TUNING_VERBOSE=1) the traceback is printed first.
+  """
   try:
     return fn()
   except Exception as e:  # pylint: disable=broad-except
-    if not is_configuration_error(e):
+    message = one_line(e)
+    if message is None:
       raise
-    # gin appends "In call to configurable ..." lines: noise for the user.
-    message = '\n'.join(line for line in str(e).splitlines()
-                        if not line.strip().startswith('In call to configurable'))
-    sys.exit(f'Configuration error: {message}')
+    if _verbose():
+      traceback.print_exc()
+    sys.exit(message)
 
 
 def start(argv: Sequence[str], example_gin_file: str) -> None:
@@ -76,7 +158,9 @@ def start(argv: Sequence[str], example_gin_file: str) -> None:
     seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
   if not FLAGS.gin_file:
     raise app.UsageError(f'Give at least one --gin_file (e.g. {example_gin_file}).')
-  gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths,
+                      check_names=True)
+  config_checks.validate_config()  # before the base model or any data is read
   logging.info('JAX sees %d devices on %d processes: %s', jax.device_count(),
                jax.process_count(), jax.devices()[:8])
 
