@@ -290,11 +290,15 @@ def from_file(path: str) -> FromArray:
   file = epath.Path(path)
   if not file.exists():
     raise FileNotFoundError(f'No prompt file at {path}.')
+  from prompt_tuning.model import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model.finite import check_finite  # pylint: disable=g-import-not-at-top
+  data = file.read_bytes()
   try:
-    with file.open('rb') as f:
-      # No pickles: a prompt is plain numbers and a file may come from anywhere.
-      array = np.load(f, allow_pickle=False)
-  except Exception as e:  # numpy raises several types for a bad file
+    # No pickles: a prompt is plain numbers and a file may come from anywhere.
+    array = checkpoints.parse_npy(data, str(path))
+  except ValueError:
+    raise  # ConfigurationError: not a .npy file at all
+  except Exception as e:  # numpy raises several types for a damaged file
     raise ValueError(f'Could not read a prompt from {path} as a .npy array: {e}') from e
   if not isinstance(array, np.ndarray) or array.ndim != 2:
     shape = getattr(array, 'shape', None)
@@ -302,6 +306,7 @@ def from_file(path: str) -> FromArray:
                      'holds one array [length, embed].')
   if not np.issubdtype(array.dtype, np.floating):
     raise ValueError(f'The prompt file {path} holds {array.dtype}, not floats.')
+  check_finite(array, str(path))  # a NaN prompt would only show as a NaN loss later
   return FromArray(array, source=str(path))
 
 

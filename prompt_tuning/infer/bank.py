@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.deltas import paths
+from prompt_tuning.model.finite import check_finite
 from prompt_tuning.model.param_shapes import flatten_tree, unflatten_tree
 
 Array = jax.Array
@@ -44,6 +45,7 @@ def stack(members: Sequence[Variables], deltas: Sequence[Any]) -> Tuple[Variable
   Raises:
     ValueError: the members differ in structure or in a shape, a bankable
       leaf is missing, or a leaf that cannot be banked differs between them.
+    finite.NonFiniteError: a member holds NaN or infinite values.
   """
   if not members:
     raise ValueError('A bank needs at least one member.')
@@ -71,6 +73,8 @@ def stack(members: Sequence[Variables], deltas: Sequence[Any]) -> Tuple[Variable
   if not stacked:
     raise ValueError(f'None of the variables {sorted(keys)} can be banked (the deltas '
                      f'declare {sorted(bank_leaves(deltas))}).')
+  for i, flat in enumerate(flats):  # one NaN member would poison the votes and means
+    check_finite(flat, f'Member {i} of the bank')
   return unflatten_tree(shared), unflatten_tree(stacked)
 
 

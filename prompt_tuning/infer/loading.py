@@ -38,6 +38,7 @@ from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.model import checkpoints
 from prompt_tuning.model import load_pretrained
 from prompt_tuning.model import pretrained
+from prompt_tuning.model.finite import check_finite
 from prompt_tuning.model.param_shapes import check_params, expected_shapes, flatten_tree
 from prompt_tuning.model.t5 import Transformer
 
@@ -156,6 +157,7 @@ class VariableLoader:
     """`_read` for a T5X checkpoint: its backbone, and the deltas trained beside it."""
     params, trained = pretrained.read_t5x_target(kind, directory)
     check_params(self.model.config, params, directory)
+    check_finite({'params': params, **trained}, directory)
     deltas = []
     for collection, tree in trained.items():
       configured = [d for d in self.model.deltas if d.collection == collection]
@@ -184,6 +186,7 @@ class VariableLoader:
     directory = checkpoints.resolve_checkpoint(path)
     metadata = checkpoints.read_metadata(directory)
     delta = checkpoints.read_delta(directory)
+    check_finite(delta, directory)  # the base is checked when it is loaded
     deltas = recorded_deltas(metadata, delta)
     if self._holds_backbone(delta):
       params = None

@@ -22,15 +22,25 @@ takes. The frozen backbone is re-read from the base checkpoint on resume and
 must have the recorded fingerprint. Orbax writes each step into a temporary
 directory and renames it when complete, so an interrupted save never replaces
 a good checkpoint; the .npy is written the same way (temporary file, rename).
+A run stopped between the two leaves a complete checkpoint without its .npy:
+the trainer rewrites it from the checkpoint's state when it resumes.
+
+A resumed run takes the newest checkpoint that restores (`restore_newest`);
+damaged newer ones (a truncated state file, garbled metadata, an empty
+folder) are reported one line each and renamed to
+`unreadable_checkpoint_<step>-<UTC time>`, kept for inspection but out of the
+way of the steps the run saves again.
 """
 import hashlib
 import io
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 
@@ -100,19 +110,105 @@ class DeltaCheckpointer:
         metadata=ocp.args.JsonRestore()))
     return dict(restored['metadata'])
 
+  def restore_newest(self, abstract_for: Callable[[Dict[str, Any]], Any]
+                     ) -> Optional[Tuple[int, Any, Dict[str, Any]]]:
+    """(step, state, metadata) of the newest checkpoint that restores; None if there is none.
+
+    `abstract_for(metadata)` gives the state's shapes for a checkpoint (it may
+    raise to refuse one, e.g. on another base model: that error propagates).
+    Newer checkpoints that do not restore are logged one line each, with
+    why, and set aside (renamed, never deleted). When checkpoints exist but
+    none restores, that is an error listing every reason, and nothing moves:
+    the cause is then more likely a changed configuration than damage.
+    """
+    skipped = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        metadata = self.metadata(step)
+      except Exception as e:  # pylint: disable=broad-except
+        skipped.append((step, f'its metadata does not read ({_one_line(e)})'))
+        continue
+      abstract = abstract_for(metadata)
+      try:
+        state, _ = self.restore(step, abstract)
+      except Exception as e:  # pylint: disable=broad-except
+        skipped.append((step, f'its state does not restore ({_one_line(e)})'))
+        continue
+      for bad, why in skipped:
+        aside = self._set_aside(bad)
+        logging.warning('Skipped checkpoint_%d: %s; kept as %s.', bad, why, aside)
+      if skipped:
+        self._manager.reload()
+      return step, state, metadata
+    if skipped:
+      from prompt_tuning.model.param_shapes import CheckpointError  # pylint: disable=g-import-not-at-top
+      reasons = '; '.join(f'checkpoint_{s}: {why}' for s, why in skipped)
+      raise CheckpointError(
+          f'No checkpoint in {self.model_dir} restores ({reasons}). If the configuration '
+          'changed since they were written, restore it or use a new MODEL_DIR.')
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames checkpoint_<step> out of Orbax's sight (process 0); returns the new path."""
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+    target = os.path.join(self.model_dir, f'unreadable_checkpoint_{step}-{stamp}')
+    if jax.process_index() == 0:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.io.gfile.rename(self.step_dir(step), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'set_aside_checkpoint_{step}')
+    return target
+
+  def delete(self, step: int) -> None:
+    self._manager.delete(step)
+
   def close(self) -> None:
     self._manager.close()
 
 
+NPY_MAGIC = b'\x93NUMPY'
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  """An exception as one short line (Orbax's messages run over many)."""
+  text = ' '.join(str(error).split())
+  text = text if len(text) <= limit else text[:limit] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
 def load_npy(path: str) -> np.ndarray:
-  """A .npy file, local or on a remote filesystem (gs://...)."""
+  """A .npy file, local or on a remote filesystem (gs://...), checked to be finite.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ConfigurationError: the file is not in .npy format (numpy would call it
+      a pickle problem).
+    finite.NonFiniteError: it holds NaN or infinite values.
+  """
   if '://' in path:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with tf.io.gfile.GFile(path, 'rb') as f:
-      return np.load(io.BytesIO(f.read()))
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'The prompt file {path} does not exist.')
-  return np.load(path)
+      data = f.read()
+  else:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'The prompt file {path} does not exist.')
+    with open(path, 'rb') as f:
+      data = f.read()
+  array = parse_npy(data, path)
+  from prompt_tuning.model.finite import check_finite  # pylint: disable=g-import-not-at-top
+  check_finite(array, path)
+  return array
+
+
+def parse_npy(data: bytes, path: str) -> np.ndarray:
+  """The array in .npy bytes; anything else is refused by name, never unpickled."""
+  if not data.startswith(NPY_MAGIC):
+    from prompt_tuning.gin_utils import ConfigurationError  # pylint: disable=g-import-not-at-top
+    raise ConfigurationError(
+        f'{path} is not a .npy file (it starts with {data[:8]!r}); a prompt file is '
+        'written by numpy.save (e.g. a checkpoint\'s prompt.npy).')
+  return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def atomic_write(path: str, data: bytes) -> None:

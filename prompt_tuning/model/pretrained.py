@@ -33,6 +33,7 @@ from prompt_tuning.model import hf_checkpoint
 from prompt_tuning.model import t5x_checkpoint
 from prompt_tuning.model import t5x_orbax
 from prompt_tuning.model.config import T5Config
+from prompt_tuning.model.finite import check_finite
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
 
@@ -145,7 +146,8 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
 
   Raises:
     CheckpointError: the path holds nothing loadable, or its arrays are
-      unreadable or do not fit together.
+      unreadable, do not fit together, or hold NaN or infinite values
+      (`finite.NonFiniteError`).
   """
   kind, resolved = detect_format(path)
   if kind in ('t5x', 't5x_orbax'):
@@ -156,6 +158,7 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
   else:
     config, params = hf_checkpoint.read_hf_t5(resolved)
   check_params(config, params, resolved)
+  check_finite(params, resolved)
   return config, params
 
 
