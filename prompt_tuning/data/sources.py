@@ -141,8 +141,15 @@ def flatten(name: str, row: Mapping[str, Any]) -> Iterator[Dict[str, Any]]:
 
 def read_examples(path: str, name: str) -> Iterator[Dict[str, Any]]:
   """All TFDS-form examples of one release file."""
-  with tf.io.gfile.GFile(path) as f:
-    for line in f:
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    for number, raw in enumerate(f, 1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:  # name the line: Python's message does not
+        from prompt_tuning.gin_utils import ConfigurationError  # pylint: disable=g-import-not-at-top
+        raise ConfigurationError(
+            f'{path} line {number} is not UTF-8 (byte {raw[e.start]:#04x} at column '
+            f'{e.start + 1}); save the file as UTF-8.') from e
       if line.strip():
         yield from flatten(name, json.loads(line))
 

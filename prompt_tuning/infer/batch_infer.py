@@ -15,6 +15,7 @@ INFER_OUTPUT_DIR/<task>-<split>-<mode>.jsonl (one file per task of a
 mixture). A file appears only once it is complete.
 """
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
@@ -32,6 +33,7 @@ from prompt_tuning.gin_utils import ConfigurationError
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import loading
 from prompt_tuning.infer import predict
+from prompt_tuning.infer import truncation
 from prompt_tuning.infer.evaluation import FEATURE_CONVERTER, padded_batches
 
 MODES = ('predict', 'score')
@@ -77,16 +79,24 @@ def _make_run(mode: str, model: nn.Module, max_length: int,
 def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
              feature_lengths: Mapping[str, int], batch_size: int, split: str,
              decoding: predict.DecodingConfig, use_cached: bool, seed: int,
-             num_examples: Optional[int]) -> Iterator[Dict[str, Any]]:
-  """One task's output lines, in the dataset's order."""
+             num_examples: Optional[int], refuse_truncation: bool = False
+             ) -> Iterator[Dict[str, Any]]:
+  """One task's output lines, in the dataset's order.
+
+  Each line says whether the example was cut to TASK_FEATURE_LENGTHS
+  (`truncated`, with `original_lengths` when it was); a non-finite score is
+  written as null (JSON has no NaN) and counted in a warning.
+  """
   lengths = dict(feature_lengths)
+  # Untrimmed, so each example's original length is known; trimmed below
+  # exactly as seqio would have.
   dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1,
-                             use_cached=use_cached)
+                             use_cached=use_cached, trim_output_features=False)
   if num_examples is not None:
     dataset = dataset.take(num_examples)
   # The feature converter maps example by example, so its rows stay aligned
   # with the examples (which keep the text).
-  model_dataset = FEATURE_CONVERTER(dataset, lengths).enumerate()
+  model_dataset = FEATURE_CONVERTER(truncation.trim(dataset, lengths), lengths).enumerate()
   examples = dataset.as_numpy_iterator()
   inputs_vocab = task.output_features['inputs'].vocabulary
   targets_vocab = task.output_features['targets'].vocabulary
@@ -95,7 +105,7 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
   copies = 1 if bank is None else bank_lib.size(bank)
   base_rng = jax.random.PRNGKey(seed)
 
-  count, start = 0, time.perf_counter()
+  count, start, truncated, non_finite = 0, time.perf_counter(), 0, 0
   for number, (_, features, real) in enumerate(padded_batches(model_dataset, batch_size)):
     tokens = features['encoder_input_tokens']
     if mode == 'predict':
@@ -104,8 +114,13 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
     else:
       out = np.asarray(run(loaded.variables, bank, tokens, features['decoder_target_tokens']))
       out = out.reshape(-1, copies).mean(axis=1)  # the mean over prompts
+    cut_in_batch = 0
     for row in range(real):
       example = next(examples)
+      cut = truncation.over_length(example, lengths)
+      if cut and refuse_truncation:
+        truncation.refuse(f'{task.name}/{split} example {count + row}', cut, lengths)
+      cut_in_batch += bool(cut)
       record = {'inputs': _text(example, 'inputs', inputs_vocab)}
       if mode == 'predict':
         record['prediction'] = targets_vocab.decode(out[row].tolist())
@@ -115,21 +130,43 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
         record['targets'] = _text(example, 'targets', targets_vocab)
       else:
         record['targets'] = _text(example, 'targets', targets_vocab)
-        record['score'] = float(out[row])
+        score = float(out[row])
+        non_finite += not math.isfinite(score)
+        record['score'] = score if math.isfinite(score) else None
+      record['truncated'] = bool(cut)
+      if cut:
+        record['original_lengths'] = cut
       yield record
+    if cut_in_batch:
+      logging.warning('%s batch %d: %d of %d examples longer than TASK_FEATURE_LENGTHS %s '
+                      'were cut', task.name, number, cut_in_batch, real, lengths)
+    truncated += cut_in_batch
     count += real
     if number % 10 == 9:
       logging.info('%s: %d examples, %.1f examples/s', task.name, count,
                    count / (time.perf_counter() - start))
+  if truncated:
+    logging.warning('%s: %d of %d examples were cut to TASK_FEATURE_LENGTHS (their lines '
+                    'say "truncated": true; REFUSE_TRUNCATION=True refuses them).',
+                    task.name, truncated, count)
+  if non_finite:
+    logging.warning('%s: %d of %d scores are not finite (NaN or infinite); written as null.',
+                    task.name, non_finite, count)
 
 
 def _write_jsonl(path: str, records: Iterable[Dict[str, Any]]) -> int:
   """Writes the records to `path` (through a temporary file); returns how many."""
   count, tmp = 0, f'{path}.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    for record in records:
-      f.write(json.dumps(record, default=_jsonable) + '\n')
-      count += 1
+  try:
+    with tf.io.gfile.GFile(tmp, 'w') as f:
+      for record in records:
+        # allow_nan=False: JSON has no NaN; scores are checked before this.
+        f.write(json.dumps(record, default=_jsonable, allow_nan=False) + '\n')
+        count += 1
+  except BaseException:
+    if tf.io.gfile.exists(tmp):  # no half-written file left behind
+      tf.io.gfile.remove(tmp)
+    raise
   tf.io.gfile.rename(tmp, path, overwrite=True)
   return count
 
@@ -150,7 +187,8 @@ def infer(*, mode: str = 'predict',
           use_cached: bool = False,
           seed: int = 0,
           num_examples: Optional[int] = None,
-          merge_deltas: bool = False) -> Dict[str, str]:
+          merge_deltas: bool = False,
+          refuse_truncation: bool = False) -> Dict[str, str]:
   """Predicts or scores `split` of every task of the mixture; returns {task: jsonl path}.
 
   Args:
@@ -165,6 +203,8 @@ def infer(*, mode: str = 'predict',
     seed: sampling randomness (batch i uses fold_in(PRNGKey(seed), i)).
     num_examples: only the first examples of each task (all by default).
     merge_deltas: fold LoRA / IA3 deltas into the backbone first (no overhead).
+    refuse_truncation: fail on an example longer than `task_feature_lengths`
+      instead of cutting it (REFUSE_TRUNCATION).
   """
   if mode not in MODES:
     raise ConfigurationError(f"INFER_MODE must be 'predict' or 'score', not {mode!r}.")
@@ -183,7 +223,8 @@ def infer(*, mode: str = 'predict',
     path = os.path.join(output_dir, f'{task.name}-{split}-{mode}.jsonl')
     records = _records(task, mode, loaded, feature_lengths=task_feature_lengths,
                        batch_size=batch_size, split=split, decoding=decoding,
-                       use_cached=use_cached, seed=seed, num_examples=num_examples)
+                       use_cached=use_cached, seed=seed, num_examples=num_examples,
+                       refuse_truncation=refuse_truncation)
     # Every host runs the same batches (the model is replicated); one writes.
     if jax.process_index() == 0:
       logging.info('Wrote %d lines to %s', _write_jsonl(path, records), path)

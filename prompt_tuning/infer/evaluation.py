@@ -23,6 +23,7 @@ import tensorflow as tf
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import predict
+from prompt_tuning.infer import truncation
 
 Variables = Dict[str, Any]
 # Inference reads unpacked examples, one per row, in the dataset's order.
@@ -75,6 +76,20 @@ class InferenceEvaluator:
   rank_classification_labels: Optional[Sequence[str]] = None
   num_examples: Optional[int] = None
   use_cached: bool = False
+  refuse_truncation: bool = False
+
+  @functools.cached_property
+  def over_length(self) -> Dict[str, int]:
+    """{task: examples longer than feature_lengths}, counted once and logged.
+
+    seqio cuts them silently; with `refuse_truncation` (REFUSE_TRUNCATION) the
+    first one is an error instead.
+    """
+    provider = seqio.get_mixture_or_task(self.task_name)
+    return {task.name: truncation.count_over_length(
+        task, self.feature_lengths, self.split, use_cached=self.use_cached,
+        num_examples=self.num_examples, refuse_truncation=self.refuse_truncation)
+            for task in seqio.get_subtasks(provider)}
 
   @functools.cached_property
   def _evaluator(self) -> seqio.Evaluator:
@@ -99,6 +114,7 @@ class InferenceEvaluator:
         are the majority vote of the N (ties: the lowest-numbered member's),
         scores the mean.
     """
+    _ = self.over_length  # counted (and logged) on the first evaluation only
     metrics, _ = self._evaluator.evaluate(
         compute_metrics=True, step=step,
         predict_fn=self._make_predict_fn(model, variables, bank),
