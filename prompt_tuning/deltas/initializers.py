@@ -296,8 +296,8 @@ def from_file(path: str) -> FromArray:
   try:
     # No pickles: a prompt is plain numbers and a file may come from anywhere.
     array = checkpoints.parse_npy(data, str(path))
-  except ValueError:
-    raise  # ConfigurationError: not a .npy file at all
+  except ValueError as e:  # not a .npy file at all (a ConfigurationError): say so
+    raise type(e)(f'Could not read a prompt from {path}: {e}') from e
   except Exception as e:  # numpy raises several types for a damaged file
     raise ValueError(f'Could not read a prompt from {path} as a .npy array: {e}') from e
   if not isinstance(array, np.ndarray) or array.ndim != 2:
