@@ -1,16 +1,21 @@
 """The training loop, T5X's order of things in one readable function.
 
-1. Resume from the latest checkpoint in MODEL_DIR, else start from the
-   pretrained INITIAL_CHECKPOINT_PATH with a freshly initialized delta.
-2. Write the effective gin configuration to MODEL_DIR/config.gin.
+1. Lock MODEL_DIR for the life of the run (`run_dir.RunLock`).
+2. Resume from the newest checkpoint in MODEL_DIR that restores (damaged newer
+   ones are reported and set aside), else start from the pretrained
+   INITIAL_CHECKPOINT_PATH with a freshly initialized delta.
 3. Loop to TRAIN_STEPS (absolute, counting the pretrained checkpoint's steps),
-   logging and saving periodically; save once more at the end.
+   logging and saving periodically; save once more at the end. Once the first
+   step has run, record the effective gin configuration (MODEL_DIR/config.gin
+   and a timestamped copy per attempt). SIGTERM / SIGINT stop the loop at the
+   next step boundary, saved (`preemption`).
 """
+import contextlib
 import dataclasses
-import json
 import os
+import tempfile
 import time
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import flax.linen as nn
 import gin
@@ -31,7 +36,11 @@ from prompt_tuning.model.checkpoints import (DeltaCheckpointer, FingerprintMisma
 from prompt_tuning.model.param_shapes import check_params
 from prompt_tuning.train import data
 from prompt_tuning.train import evaluation
+from prompt_tuning.train import faults
 from prompt_tuning.train import partitioning
+from prompt_tuning.train import preemption
+from prompt_tuning.train import run_dir
+from prompt_tuning.train.best import BestCheckpointTracker
 from prompt_tuning.train.method import Method
 from prompt_tuning.train.step import TrainState, make_train_step
 
@@ -129,6 +138,11 @@ def train(*,
   the checkpoint with the best mean metric is also kept in MODEL_DIR/best/
   (the paper's early stopping).
 
+  Reliability (tests/test_reliability.py): MODEL_DIR is locked while the run
+  lives; SIGTERM / SIGINT save at the next step boundary and return; resume
+  takes the newest checkpoint that restores; config.gin is written once a step
+  has run; the best checkpoint survives a kill at any point (`best`).
+
   `run_eval_before_training` (T5X's): evaluate once before the first step,
   e.g. to see what the untuned prompt scores.
 
@@ -149,164 +163,229 @@ def train(*,
   task = lookup.get_task(mixture_or_task_name)
   lookup.check_vocabulary(task, model.config.vocab_size)
 
-  checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
-  latest = checkpointer.latest_step()
+  with _locked(model_dir), preemption.StopRequest() as stop:
+    checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
+    fresh = not checkpointer.all_steps()
 
-  rng = jax.random.PRNGKey(random_seed)
-  params = _initial_params(method, initial_checkpoint_path, random_seed, task_feature_lengths)
-  base = {'base_checkpoint': initial_checkpoint_path,
-          'base_fingerprint': fingerprint(params),
-          'base_step': _base_step(initial_checkpoint_path) if initial_checkpoint_path else 0}
-  variables = initialize_variables(model, params, rng, task_feature_lengths, partitioner)
-  if delta_init is not None and latest is None:
-    variables = delta_init(variables)
-  frozen, trainable = method.split(variables)
-  if latest is not None:
-    recorded = checkpointer.metadata(latest)
-    if recorded['base_fingerprint'] != base['base_fingerprint']:
-      raise FingerprintMismatchError(
-          f'{checkpointer.step_dir(latest)} was trained on {recorded["base_checkpoint"]} '
-          f'(fingerprint {recorded["base_fingerprint"]}), but INITIAL_CHECKPOINT_PATH '
-          f'{initial_checkpoint_path} has fingerprint {base["base_fingerprint"]}.')
-    base['base_step'] = recorded['base_step']
+    rng = jax.random.PRNGKey(random_seed)
+    params = _initial_params(method, initial_checkpoint_path, random_seed, task_feature_lengths)
+    base = {'base_checkpoint': initial_checkpoint_path,
+            'base_fingerprint': fingerprint(params),
+            'base_step': _base_step(initial_checkpoint_path) if initial_checkpoint_path else 0}
+    variables = initialize_variables(model, params, rng, task_feature_lengths, partitioner)
+    if delta_init is not None and fresh:
+      variables = delta_init(variables)
+    frozen, trainable = method.split(variables)
 
-  optimizer = method.optimizer
-  tx = optimizer.build(base['base_step'])
-  state = TrainState(
-      step=partitioner.place(np.asarray(base['base_step'], np.int32), partitioner.replicated),
-      frozen=frozen, trainable=trainable,
-      opt_state=partitioner.init_optimizer_state(tx, trainable))
-  if latest is not None:
-    # Restored straight into each array's sharding (Orbax reshards if the mesh changed).
-    restored, _ = checkpointer.restore(latest, partitioning.abstract_shapes(saved_state(state)))
-    state = state.replace(step=restored['step'], trainable=restored['trainable'],
-                          opt_state=restored['opt_state'],
-                          frozen=paths.merge(state.frozen, restored.get('frozen_delta', {})))
-    logging.info('Resumed from %s at step %d', checkpointer.step_dir(latest), int(state.step))
+    optimizer = method.optimizer
+    built = {}
 
+    def initial_state(base_step: int):
+      # (tx, state): the optimizer's schedule counts from the base checkpoint's step.
+      if base_step not in built:
+        tx = optimizer.build(base_step)
+        built[base_step] = tx, TrainState(
+            step=partitioner.place(np.asarray(base_step, np.int32), partitioner.replicated),
+            frozen=frozen, trainable=trainable,
+            opt_state=partitioner.init_optimizer_state(tx, trainable))
+      return built[base_step]
+
+    def abstract_for(recorded: Dict[str, Any]):
+      _check_base(recorded, base, initial_checkpoint_path)
+      return partitioning.abstract_shapes(saved_state(initial_state(recorded['base_step'])[1]))
+
+    # The newest checkpoint that restores, straight into each array's sharding
+    # (Orbax reshards if the mesh changed); damaged newer ones are set aside.
+    resumed = checkpointer.restore_newest(abstract_for)
+    if resumed:
+      base['base_step'] = resumed[2]['base_step']
+    tx, state = initial_state(base['base_step'])
+    if resumed:
+      restored = resumed[1]
+      state = state.replace(step=restored['step'], trainable=restored['trainable'],
+                            opt_state=restored['opt_state'],
+                            frozen=paths.merge(state.frozen, restored.get('frozen_delta', {})))
+      logging.info('Resumed from %s at step %d', checkpointer.step_dir(resumed[0]),
+                   int(state.step))
+
+    def export(directory: str, variables=None) -> List[str]:
+      # The deltas' files (prompt.npy, ...): from their variables, never the backbone's.
+      faults.crash_point('checkpoint_committed')
+      variables = state.variables if variables is None else variables
+      delta_variables = {c: v for c, v in variables.items() if c != 'params'}
+      return method.export(jax.device_get(delta_variables), directory)
+
+    if resumed:
+      _repair_exports(checkpointer.step_dir(resumed[0]), state.variables, export)
+
+    start_step = int(state.step)
+    consumed = start_step - base['base_step']
+    if start_step >= train_steps:
+      logging.warning('Nothing to train: the run is at step %d and TRAIN_STEPS=%d '
+                      '(absolute, counting the pretrained checkpoint\'s %d steps).',
+                      start_step, train_steps, base['base_step'])
+    data_shard = partitioner.data_shard(batch_size)  # (index, count) of this host's rows
+    batches = data.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
+                                 seed=random_seed, skip_batches=consumed, shuffle=shuffle,
+                                 use_cached=use_cached_tasks, shard=data_shard)
+    step_fn = make_train_step(model, tx, random_seed, partitioner=partitioner,
+                              state_shardings=partitioning.shardings_of(state), z_loss=z_loss,
+                              label_smoothing=label_smoothing,
+                              loss_normalizing_factor=loss_normalizing_factor,
+                              num_microbatches=num_microbatches)
+    writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0)
+
+    teacher_forced = (evaluation.TeacherForcedEvaluator(
+        model, mixture_or_task_name, task_feature_lengths, batch_size, eval_steps)
+        if eval_period else None)
+    best = BestCheckpointTracker(model_dir) if eval_period and inference_evaluator else None
+    if best and best.step is not None:
+      _repair_exports(best.checkpointer.step_dir(best.step), state.variables, export,
+                      lambda: _restore_variables(best.checkpointer, best.step, state))
+    if inference_evaluator and inference_evaluator.log_dir is None:
+      inference_evaluator = dataclasses.replace(
+          inference_evaluator, log_dir=os.path.join(model_dir, 'inference_eval'))
+
+    def evaluate(step: int) -> None:
+      with partitioner.context():  # activation constraints bind on the mesh
+        _evaluate(step)
+
+    def _evaluate(step: int) -> None:
+      scalars = teacher_forced.evaluate(state.variables)
+      logging.info('step %d training_eval: %s', step, scalars)
+      eval_writer.write_scalars(step, scalars)
+      if inference_evaluator:
+        results = inference_evaluator.evaluate(model, state.variables, step)
+        score = mean_metric(results)
+        logging.info('step %d inference_eval: %s (mean %.4f)', step, results, score)
+        if best.improves(score):
+          best.update(step, score, results, lambda to, extra: to.save(
+              step, saved_state(state), {**metadata(step), **extra}, export))
+
+    eval_writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, 'training_eval', mixture_or_task_name),
+        just_logging=jax.process_index() > 0)
+
+    def metadata(step: int) -> Dict[str, Any]:
+      return {**base, 'data_batches_consumed': step - base['base_step'], **method.record()}
+
+    def save(step: int) -> None:
+      checkpointer.save(step, saved_state(state), metadata(step), export)
+      logging.info('Saved %s', checkpointer.step_dir(step))
+
+    if run_eval_before_training and eval_period:
+      evaluate(start_step)
+    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+    saved_step = start_step  # the step of the newest checkpoint on disk
+    config_recorded = False
+    for step in range(start_step, train_steps):
+      if stop.requested():  # every host stops at the same step boundary
+        if step > saved_step:
+          save(step)
+        logging.warning('Stopped by %s at step %d: %s; rerun the same command to resume.',
+                        stop.signal_name or 'a signal on another host', step,
+                        f'saved {checkpointer.step_dir(step)}' if step > start_step else
+                        'no step was trained, the run stays where it was')
+        break
+      batch = next(batches)
+      state, metrics = step_fn(state, partitioner.global_batch(batch))
+      window_steps += 1
+      window_tokens += int(np.sum(batch['encoder_input_tokens'] > 0) +
+                           np.sum(batch['decoder_target_tokens'] > 0)) * data_shard[1]
+      done = step + 1
+      log_now = done % log_period == 0 or done == train_steps
+      save_now = done % checkpoint_period == 0 or done == train_steps
+      eval_now = eval_period and (done % eval_period == 0 or done == train_steps)
+      if not config_recorded and jax.process_index() == 0:
+        # Only now, once the configuration has run a step: a rerun that fails
+        # on a bad value keeps the record of how the checkpoints were trained.
+        run_dir.write_config_record(model_dir)
+      config_recorded = True
+      if log_now:
+        loss = float(metrics['loss'])
+        if not np.isfinite(loss):
+          raise FloatingPointError(
+              f'The loss is {loss} at step {done}; the last good checkpoint is kept '
+              f'(step {checkpointer.latest_step()}). Lower the learning rate or check '
+              'the data.')
+        _log_progress(done, start_step, train_steps, metrics,
+                      time.perf_counter() - window_start, window_steps, window_tokens,
+                      (done - base['base_step']) * batch_size,
+                      optimizer.learning_rate_at(done), writer)
+        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+      if save_now:
+        if not np.isfinite(float(metrics['loss'])):
+          raise FloatingPointError(f'The loss is not finite at step {done}; not saving.')
+        save(done)
+        saved_step = done
+      if eval_now:
+        evaluate(done)
+      faults.step_pause()
+    writer.flush()
+    eval_writer.flush()
+    checkpointer.close()
+    return state
+
+
+@contextlib.contextmanager
+def _locked(model_dir: str) -> Iterator[None]:
+  """Holds MODEL_DIR's run lock (taken by process 0; every host learns the outcome)."""
+  lock = run_dir.RunLock(model_dir)
+  error = None
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(gin_utils.config_str())
-
-  start_step = int(state.step)
-  consumed = start_step - base['base_step']
-  if start_step >= train_steps:
-    logging.warning('Nothing to train: the run is at step %d and TRAIN_STEPS=%d '
-                    '(absolute, counting the pretrained checkpoint\'s %d steps).',
-                    start_step, train_steps, base['base_step'])
-  data_shard = partitioner.data_shard(batch_size)  # (index, count) of this host's rows
-  batches = data.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
-                               seed=random_seed, skip_batches=consumed, shuffle=shuffle,
-                               use_cached=use_cached_tasks, shard=data_shard)
-  step_fn = make_train_step(model, tx, random_seed, partitioner=partitioner,
-                            state_shardings=partitioning.shardings_of(state), z_loss=z_loss,
-                            label_smoothing=label_smoothing,
-                            loss_normalizing_factor=loss_normalizing_factor,
-                            num_microbatches=num_microbatches)
-  writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0)
-
-  teacher_forced = (evaluation.TeacherForcedEvaluator(
-      model, mixture_or_task_name, task_feature_lengths, batch_size, eval_steps)
-      if eval_period else None)
-  best = BestCheckpointTracker(model_dir) if eval_period and inference_evaluator else None
-  if inference_evaluator and inference_evaluator.log_dir is None:
-    inference_evaluator = dataclasses.replace(
-        inference_evaluator, log_dir=os.path.join(model_dir, 'inference_eval'))
-
-  def evaluate(step: int) -> None:
-    with partitioner.context():  # activation constraints bind on the mesh
-      _evaluate(step)
-
-  def _evaluate(step: int) -> None:
-    scalars = teacher_forced.evaluate(state.variables)
-    logging.info('step %d training_eval: %s', step, scalars)
-    eval_writer.write_scalars(step, scalars)
-    if inference_evaluator:
-      results = inference_evaluator.evaluate(model, state.variables, step)
-      score = mean_metric(results)
-      logging.info('step %d inference_eval: %s (mean %.4f)', step, results, score)
-      if best.improves(score):
-        # The checkpoint first, then the record that points at it.
-        best.checkpointer.save(step, saved_state(state), metadata(step), export)
-        best.record(step, score, results)
-
-  eval_writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, 'training_eval', mixture_or_task_name),
-      just_logging=jax.process_index() > 0)
-
-  def metadata(step: int) -> Dict[str, Any]:
-    return {**base, 'data_batches_consumed': step - base['base_step'], **method.record()}
-
-  def export(directory: str) -> None:
-    # The deltas' files (prompt.npy, ...): from their variables, never the backbone's.
-    delta_variables = {c: v for c, v in state.variables.items() if c != 'params'}
-    method.export(jax.device_get(delta_variables), directory)
-
-  def save(step: int) -> None:
-    checkpointer.save(step, saved_state(state), metadata(step), export)
-    logging.info('Saved %s', checkpointer.step_dir(step))
-
-  if run_eval_before_training and eval_period:
-    evaluate(start_step)
-  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-  for step in range(start_step, train_steps):
-    batch = next(batches)
-    state, metrics = step_fn(state, partitioner.global_batch(batch))
-    window_steps += 1
-    window_tokens += int(np.sum(batch['encoder_input_tokens'] > 0) +
-                         np.sum(batch['decoder_target_tokens'] > 0)) * data_shard[1]
-    done = step + 1
-    if done % log_period == 0 or done == train_steps:
-      loss = float(metrics['loss'])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f'The loss is {loss} at step {done}; the last good checkpoint is kept '
-            f'(step {checkpointer.latest_step()}). Lower the learning rate or check '
-            'the data.')
-      _log_progress(done, start_step, train_steps, metrics,
-                    time.perf_counter() - window_start, window_steps, window_tokens,
-                    (done - base['base_step']) * batch_size,
-                    optimizer.learning_rate_at(done), writer)
-      window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-    if done % checkpoint_period == 0 or done == train_steps:
-      if not np.isfinite(float(metrics['loss'])):
-        raise FloatingPointError(f'The loss is not finite at step {done}; not saving.')
-      save(done)
-    if eval_period and (done % eval_period == 0 or done == train_steps):
-      evaluate(done)
-  writer.flush()
-  eval_writer.flush()
-  checkpointer.close()
-  return state
+    tf.io.gfile.makedirs(model_dir)
+    try:
+      lock.acquire()
+    except run_dir.RunDirectoryLocked as e:
+      error = e
+  if preemption.any_host(error is not None):
+    raise error or run_dir.RunDirectoryLocked(
+        f'MODEL_DIR {model_dir} is in use by another run (see process 0\'s log).')
+  try:
+    yield
+  finally:
+    lock.release()
 
 
-class BestCheckpointTracker:
-  """Keeps the checkpoint with the best mean metric in MODEL_DIR/best/.
+def _check_base(recorded: Dict[str, Any], base: Dict[str, Any],
+                initial_checkpoint_path: Optional[str]) -> None:
+  """Refuses to resume a checkpoint trained on another base model."""
+  if recorded['base_fingerprint'] != base['base_fingerprint']:
+    raise FingerprintMismatchError(
+        f'The checkpoints in MODEL_DIR were trained on {recorded["base_checkpoint"]} '
+        f'(fingerprint {recorded["base_fingerprint"]}), but INITIAL_CHECKPOINT_PATH '
+        f'{initial_checkpoint_path} has fingerprint {base["base_fingerprint"]}.')
 
-  MODEL_DIR/best/best.json records its step, score and per-task metrics; a
-  resumed run reads it, so the best survives interruptions.
+
+def _repair_exports(directory: str, variables: Dict[str, Any],
+                    export: Callable[..., List[str]],
+                    restore: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
+  """Rewrites a complete checkpoint's missing export files (prompt.npy, ...) from its state.
+
+  A run stopped between a checkpoint's commit and its export leaves it
+  without them. Which files a checkpoint should hold is what exporting
+  `variables` writes (the same names at every step); `restore()` gives the
+  checkpoint's own variables when `variables` are not its (the best one).
   """
+  if jax.process_index() > 0:
+    return
+  with tempfile.TemporaryDirectory() as scratch:
+    expected = [os.path.basename(p) for p in export(scratch, variables)]
+  missing = [n for n in expected if not tf.io.gfile.exists(os.path.join(directory, n))]
+  if missing:
+    export(directory, restore() if restore else variables)
+    logging.warning('Rewrote %s in %s from its state (the run had stopped before '
+                    'writing them).', ', '.join(missing), directory)
 
-  def __init__(self, model_dir: str):
-    self.directory = os.path.join(model_dir, 'best')
-    self.checkpointer = DeltaCheckpointer(self.directory, keep=1)
-    self._record = os.path.join(self.directory, 'best.json')
-    self.best = (json.loads(tf.io.gfile.GFile(self._record).read())
-                 if tf.io.gfile.exists(self._record) else None)
 
-  def improves(self, score: float) -> bool:
-    return self.best is None or score > self.best['score']
-
-  def record(self, step: int, score: float, results: Mapping[str, Any]) -> None:
-    self.best = {'step': step, 'score': score, 'metrics': results}
-    if jax.process_index() > 0:  # every host keeps the record; host 0 writes it
-      return
-    tmp = self._record + '.tmp'
-    with tf.io.gfile.GFile(tmp, 'w') as f:
-      f.write(json.dumps(self.best, indent=2))
-    tf.io.gfile.rename(tmp, self._record, overwrite=True)
-    logging.info('New best checkpoint: step %d, mean metric %.4f', step, score)
+def _restore_variables(checkpointer: DeltaCheckpointer, step: int,
+                       like: TrainState) -> Dict[str, Any]:
+  """The variables of checkpoint `step`, with `like`'s structure."""
+  restored, _ = checkpointer.restore(step, partitioning.abstract_shapes(saved_state(like)))
+  return like.replace(trainable=restored['trainable'],
+                      frozen=paths.merge(like.frozen, restored.get('frozen_delta', {}))
+                      ).variables
 
 
 def saved_state(state: TrainState) -> Dict[str, Any]:
