@@ -268,7 +268,6 @@ def test_config_is_recorded_per_attempt_and_not_by_a_failing_rerun(tmp_path, tin
   model_dir = tmp_path / 'run'
   _train_in_process(_args(tiny_gin, base_checkpoint, model_dir, steps=1))
   record = (model_dir / 'config.gin').read_text()
-  assert len(list(model_dir.glob('config-*.gin'))) == 1
   gin.clear_config()
   with pytest.raises(Exception):  # a bad value, found once the run is set up
     _train_in_process(_args(tiny_gin, base_checkpoint, model_dir, steps=3,
