@@ -121,18 +121,20 @@ class DeltaCheckpointer:
     none restores, that is an error listing every reason, and nothing moves:
     the cause is then more likely a changed configuration than damage.
     """
-    skipped = []
+    skipped, last_error = [], None
     for step in sorted(self.all_steps(), reverse=True):
       try:
         metadata = self.metadata(step)
       except Exception as e:  # pylint: disable=broad-except
         skipped.append((step, f'its metadata does not read ({_one_line(e)})'))
+        last_error = e
         continue
       abstract = abstract_for(metadata)
       try:
         state, _ = self.restore(step, abstract)
       except Exception as e:  # pylint: disable=broad-except
         skipped.append((step, f'its state does not restore ({_one_line(e)})'))
+        last_error = e
         continue
       for bad, why in skipped:
         aside = self._set_aside(bad)
@@ -145,7 +147,7 @@ class DeltaCheckpointer:
       reasons = '; '.join(f'checkpoint_{s}: {why}' for s, why in skipped)
       raise CheckpointError(
           f'No checkpoint in {self.model_dir} restores ({reasons}). If the configuration '
-          'changed since they were written, restore it or use a new MODEL_DIR.')
+          'changed since they were written, restore it or use a new MODEL_DIR.') from last_error
     return None
 
   def _set_aside(self, step: int) -> str:
