@@ -225,6 +225,22 @@ def test_checkpoint_missing_its_prompt_npy_is_repaired_on_resume(tmp_path, tiny_
   np.testing.assert_array_equal(np.load(exported), expected)
 
 
+@pytest.mark.slow
+def test_kill_between_commit_and_export_then_resume(tmp_path, tiny_gin, base_checkpoint):
+  model_dir = tmp_path / 'run'
+  args = _args(tiny_gin, base_checkpoint, model_dir, steps=2)  # one save, the final one
+  killed = _run_cli(args, PROMPT_TUNING_TEST_CRASH_AT='checkpoint_committed')
+  out, _ = killed.communicate(timeout=600)
+  assert killed.returncode == CRASH_EXIT_CODE, out[-2000:]
+  final = model_dir / f'checkpoint_{BASE_STEP + 2}'
+  assert final.is_dir() and not (final / 'prompt.npy').exists()
+  rerun = _run_cli(args)
+  out, _ = rerun.communicate(timeout=600)
+  assert rerun.returncode == 0, out[-2000:]
+  assert 'Nothing to train' in out and f'Rewrote prompt.npy in {final}' in out
+  assert np.load(final / 'prompt.npy').shape == (5, 4)
+
+
 # -- 4. fallback past damaged checkpoints -----------------------------------------
 
 

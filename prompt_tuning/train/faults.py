@@ -10,8 +10,10 @@ lost:
     PROMPT_TUNING_TEST_STEP_SECONDS=<s>   sleep s seconds after every step, so
                                           that a test can signal a running step
 
-Points: 'best_saved' (a new best checkpoint is written, the record not yet
-switched), 'best_recorded' (the record switched, the old best not yet deleted).
+Points: 'checkpoint_committed' (a periodic checkpoint is committed, its
+prompt.npy not yet written), 'best_saved' (a new best checkpoint is written,
+the record not yet switched), 'best_recorded' (the record switched, the old
+best not yet deleted).
 """
 import os
 import time

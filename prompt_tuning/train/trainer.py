@@ -210,7 +210,6 @@ def train(*,
 
     def export(directory: str, variables=None) -> List[str]:
       # The deltas' files (prompt.npy, ...): from their variables, never the backbone's.
-      faults.crash_point('checkpoint_committed')
       variables = state.variables if variables is None else variables
       delta_variables = {c: v for c, v in variables.items() if c != 'params'}
       return method.export(jax.device_get(delta_variables), directory)
@@ -271,7 +270,8 @@ def train(*,
       return {**base, 'data_batches_consumed': step - base['base_step'], **method.record()}
 
     def save(step: int) -> None:
-      checkpointer.save(step, saved_state(state), metadata(step), export)
+      checkpointer.save(step, saved_state(state), metadata(step),
+                        lambda d: (faults.crash_point('checkpoint_committed'), export(d)))
       logging.info('Saved %s', checkpointer.step_dir(step))
 
     if run_eval_before_training and eval_period:
