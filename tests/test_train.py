@@ -9,6 +9,7 @@ import time
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -273,12 +274,26 @@ def test_prompt_file_of_the_wrong_shape(tmp_path, tiny_gin, base_checkpoint):
     _train_in_process(args)
 
 
-def test_nan_loss_stops_with_a_clear_error(tmp_path, tiny_gin, base_checkpoint):
-  bad = tmp_path / 'nan.npy'
-  np.save(bad, np.full((5, 4), np.nan, np.float32))
-  args = _args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=2, prompt='from_file',
-               extra=[f"--gin.PROMPT_FILE='{bad}'"])
-  with pytest.raises(FloatingPointError, match='loss is nan at step 4'):
+def test_nan_loss_stops_with_a_clear_error(tmp_path, tiny_gin, base_checkpoint, monkeypatch):
+  # Bases and prompt files holding NaN are refused when loaded, so divergence is
+  # simulated: every step returns a NaN loss and NaN trained variables.
+  real_step = trainer.make_train_step
+
+  def diverging(*args, **kwargs):
+    step = real_step(*args, **kwargs)
+
+    def run(state, batch):
+      state, metrics = step(state, batch)
+      nan = lambda x: x * jnp.nan
+      return (state.replace(trainable=jax.tree_util.tree_map(nan, state.trainable)),
+              {**metrics, 'loss': nan(metrics['loss'])})
+    return run
+
+  monkeypatch.setattr(trainer, 'make_train_step', diverging)
+  args = _args(tiny_gin, base_checkpoint, tmp_path / 'run', steps=2)
+  with pytest.raises(FloatingPointError, match=r'loss is nan at step 4 .*non-finite trained '
+                                               r"variables: \{'prompt/prompt/prompt': 20\}.*"
+                                               'no checkpoint was saved yet'):
     _train_in_process(args)
   assert not list((tmp_path / 'run').glob('checkpoint_*'))
 

@@ -30,7 +30,7 @@ from prompt_tuning import gin_utils
 from prompt_tuning.data import lookup
 from prompt_tuning.data.metrics import mean_metric
 from prompt_tuning.deltas import paths
-from prompt_tuning.model import load_pretrained
+from prompt_tuning.model import finite, load_pretrained
 from prompt_tuning.model.checkpoints import (DeltaCheckpointer, FingerprintMismatchError,
                                              fingerprint)
 from prompt_tuning.model.param_shapes import check_params
@@ -163,8 +163,9 @@ def train(*,
   task = lookup.get_task(mixture_or_task_name)
   lookup.check_vocabulary(task, model.config.vocab_size)
 
-  with _locked(model_dir), preemption.StopRequest() as stop:
-    checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
+  # Closed however the run ends: Orbax's threads must not outlive a failed resume.
+  with _locked(model_dir), preemption.StopRequest() as stop, contextlib.closing(
+      DeltaCheckpointer(model_dir, keep=keep_checkpoints)) as checkpointer:
     fresh = not checkpointer.all_steps()
 
     rng = jax.random.PRNGKey(random_seed)
@@ -305,10 +306,8 @@ def train(*,
       if log_now:
         loss = float(metrics['loss'])
         if not np.isfinite(loss):
-          raise FloatingPointError(
-              f'The loss is {loss} at step {done}; the last good checkpoint is kept '
-              f'(step {checkpointer.latest_step()}). Lower the learning rate or check '
-              'the data.')
+          raise FloatingPointError(_divergence_message(loss, done, state, metrics,
+                                                       checkpointer.latest_step()))
         _log_progress(done, start_step, train_steps, metrics,
                       time.perf_counter() - window_start, window_steps, window_tokens,
                       (done - base['base_step']) * batch_size,
@@ -386,6 +385,22 @@ def _restore_variables(checkpointer: DeltaCheckpointer, step: int,
   return like.replace(trainable=restored['trainable'],
                       frozen=paths.merge(like.frozen, restored.get('frozen_delta', {}))
                       ).variables
+
+
+def _divergence_message(loss: float, step: int, state: TrainState, metrics: Mapping[str, Any],
+                        latest: Optional[int]) -> str:
+  """What a non-finite loss says: where, what went non-finite, what was kept.
+
+  Bases, delta checkpoints and prompt files are checked when loaded, so by
+  now it is the training itself that diverged.
+  """
+  bad = {path: count for path, value in paths.flatten_tree(jax.device_get(state.trainable)).items()
+         if (count := finite.non_finite_count(value))}
+  kept = (f'the last good checkpoint is kept (step {latest})' if latest is not None
+          else 'no checkpoint was saved yet')
+  return (f'The loss is {loss} at step {step} (grad_norm {float(metrics["grad_norm"])}; '
+          f'non-finite trained variables: {bad or "none"}); {kept}. Lower the learning '
+          'rate or check the data.')
 
 
 def saved_state(state: TrainState) -> Dict[str, Any]:
