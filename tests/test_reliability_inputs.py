@@ -130,6 +130,7 @@ def test_misspelled_macro_is_refused_with_the_nearest_name(tmp_path, tiny_gin, s
     ('MODEL_DIR_IS_A_FILE', 'is a file, not a directory'),
     ('MODEL_DIR_UNDER_A_FILE', 'cannot be created'),
 ])
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_bad_values_are_named_in_one_line(tmp_path, tiny_gin, shared_data, flag, expected):
   afile = tmp_path / 'afile'
   afile.write_text('not a directory')
@@ -142,6 +143,7 @@ def test_bad_values_are_named_in_one_line(tmp_path, tiny_gin, shared_data, flag,
 # -- 7. non-finite values refused at load; no NaN written ------------------------
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_nan_in_the_base_is_refused_at_load(tmp_path, base_params, prompt_file):
   params = jax.tree_util.tree_map(np.copy, base_params)
   params['token_embedder']['embedding'][3, 7] = np.nan
@@ -153,6 +155,7 @@ def test_nan_in_the_base_is_refused_at_load(tmp_path, base_params, prompt_file):
   assert 'nan_base' in line and 'token_embedder/embedding: 1 of' in line
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_nan_in_a_prompt_file_is_refused(tmp_path, base):
   bad = tmp_path / 'nan_prompt.npy'
   np.save(bad, np.full((5, 64), np.inf, np.float32))
@@ -203,6 +206,7 @@ def test_non_finite_scores_are_written_as_null(tmp_path, base, prompt_file, monk
 # -- 8. truncation reported, or refused -----------------------------------------
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_infer_reports_truncated_inputs(tmp_path, base, prompt_file):
   short = {'inputs': 6, 'targets': 4}
   common = (f"--gin.CHECKPOINT_PATH='{prompt_file}'", f"--gin.INITIAL_CHECKPOINT_PATH='{base}'")
@@ -238,6 +242,7 @@ def test_eval_counts_truncated_examples():
 # -- 9. one-line errors ------------------------------------------------------------
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_a_file_that_is_not_npy_is_not_called_a_pickle(tmp_path, base):
   text = tmp_path / 'prompt.npy'
   text.write_text('0.1 0.2 0.3\n')
@@ -247,6 +252,7 @@ def test_a_file_that_is_not_npy_is_not_called_a_pickle(tmp_path, base):
   assert 'is not a .npy file' in line and 'pickle' not in proc.stdout
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_a_gin_file_that_is_not_utf8_is_named_with_its_line(tmp_path, tiny_gin, shared_data):
   latin1 = tmp_path / 'extra.gin'
   latin1.write_bytes(b'# comment\n# caf\xe9\nLOG_PERIOD = 1\n')
@@ -266,6 +272,7 @@ def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     list(sources.read_examples(str(path), 'rte'))
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_checkpoint_errors_are_one_line_and_verbose_shows_the_traceback(
     tmp_path, tiny_gin, shared_data):
   (tmp_path / 'empty').mkdir()
@@ -278,6 +285,7 @@ def test_checkpoint_errors_are_one_line_and_verbose_shows_the_traceback(
   assert 'Checkpoint error:' in proc.stdout
 
 
+@pytest.mark.slow  # a CLI process each (about 10 s)
 def test_disk_full_is_reported_as_such(tmp_path, base, prompt_file):
   proc = _run('prompt_tuning.infer', *_infer_args(
       tmp_path, f"--gin.CHECKPOINT_PATH='{prompt_file}'",

@@ -163,9 +163,8 @@ def train(*,
   task = lookup.get_task(mixture_or_task_name)
   lookup.check_vocabulary(task, model.config.vocab_size)
 
-  # Closed however the run ends: Orbax's threads must not outlive a failed resume.
-  with _locked(model_dir), preemption.StopRequest() as stop, contextlib.closing(
-      DeltaCheckpointer(model_dir, keep=keep_checkpoints)) as checkpointer:
+  with _locked(model_dir), preemption.StopRequest() as stop:
+    checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
     fresh = not checkpointer.all_steps()
 
     rng = jax.random.PRNGKey(random_seed)
