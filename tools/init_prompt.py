@@ -13,6 +13,7 @@ seed (RANDOM_SEED).
 """
 import argparse
 import sys
+from typing import Any
 
 import gin
 import jax
@@ -24,6 +25,16 @@ from prompt_tuning.model import Transformer, load_pretrained
 from prompt_tuning.train import trainer
 
 _LENGTHS = {'inputs': 8, 'targets': 4}  # the prompt does not depend on them
+
+
+def initial_prompt(checkpoint: str, init: Any, length: int, seed: int) -> np.ndarray:
+  """The [length, d] prompt our trainer starts from with `init` on `checkpoint`, seed `seed`."""
+  delta = PromptTuning(length=length, init=init)
+  config, params = load_pretrained(checkpoint)
+  # Through the model, as the trainer does, so the rng (and the value) are the same.
+  variables = trainer.initialize_variables(Transformer(config, deltas=(delta,)), params,
+                                           jax.random.PRNGKey(seed), _LENGTHS)
+  return np.asarray(delta.prompt_of(variables))
 
 
 def main(argv=None) -> None:
@@ -41,12 +52,8 @@ def main(argv=None) -> None:
   try:
     gin_utils.parse_gin(files, bindings)
     init = gin.query_parameter('%PROMPT_INIT').scoped_configurable_fn()
-    delta = PromptTuning(length=gin.query_parameter('%PROMPT_LENGTH'), init=init)
-    config, params = load_pretrained(args.checkpoint)
-    # Through the model, as the trainer does, so the rng (and the value) are the same.
-    variables = trainer.initialize_variables(Transformer(config, deltas=(delta,)), params,
-                                             jax.random.PRNGKey(args.seed), _LENGTHS)
-    prompt = np.asarray(delta.prompt_of(variables))
+    prompt = initial_prompt(args.checkpoint, init, gin.query_parameter('%PROMPT_LENGTH'),
+                            args.seed)
   except (ValueError, FileNotFoundError, gin_utils.ConfigurationError) as e:
     sys.exit(f'init_prompt: {e}')
   np.save(args.output, prompt.astype(np.float32))

@@ -25,15 +25,11 @@ import subprocess
 import sys
 from typing import Dict, List, Sequence
 
-import jax
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning.deltas import read_prompt
-from prompt_tuning.model import load_pretrained
-from prompt_tuning.train import trainer
-from prompt_tuning.train.method import from_run_files
+import init_prompt
+from prompt_tuning.deltas import initializers, read_prompt
 from prompt_tuning.transfer import spot
 
 TARGET = ('taskless_demo_world_genre', ['profile', 'story', 'letter', 'quiz'])
@@ -61,16 +57,6 @@ def train(model_dir: str, task: str, labels: Sequence[str], steps: int, seed: in
   print(f'training {model_dir} ({steps} steps)', flush=True)
   with open(os.path.join(model_dir, 'train.log'), 'a') as log:
     subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=True)
-
-
-def initial_prompt(seed: int) -> np.ndarray:
-  """The prompt every run here with `seed` starts from (the recipe's sampled vocabulary)."""
-  config, params = load_pretrained(DEMO_MODEL)
-  method = from_run_files(['gin/demo/prompt_tune.gin'], config,
-                          ["CLASS_LABELS = ['no', 'yes']", 'PROMPT_INIT = @initializers.sampled_vocab()'])
-  variables = trainer.initialize_variables(method.model, params, jax.random.PRNGKey(seed),
-                                           {'inputs': 120, 'targets': 8})
-  return np.asarray(variables['prompt']['prompt']['prompt'])
 
 
 def accuracies(model_dir: str, task: str) -> Dict[int, float]:
@@ -128,7 +114,8 @@ def main() -> None:
   ranking = spot.rank(target, library, 'mean_pooled')
   # Every seed-0 run starts from the same sampled prompt: the same ranking on
   # what each run changed (prompt - start), for comparison.
-  start = initial_prompt(0)
+  # The recipe's init: sampled vocabulary (5,000 pieces), 20 tokens, seed 0.
+  start = init_prompt.initial_prompt(DEMO_MODEL, initializers.sampled_vocab(), 20, 0)
   moved = {metric: dict(spot.rank(target - start, {n: p - start for n, p in library.items()},
                                   metric)) for metric in spot.METRICS}
   best, worst = ranking[0][0], ranking[-1][0]
