@@ -90,11 +90,16 @@ def _disk_full(error: BaseException) -> Optional[str]:
   return None
 
 
-def _restored_shapes_differ(error: BaseException) -> bool:
-  # Orbax's restore of a checkpoint into a target of other shapes; its advice
-  # ("set strict=False") is about Orbax's API, not what the user should do.
-  return any('strict=False' in str(e) or 'shape mismatch' in str(e).lower()
-             for e in _chain(error))
+def _restored_shapes_differ(error: BaseException) -> Optional[str]:
+  """Which variables differ, when a checkpoint restores into a target of other shapes."""
+  from prompt_tuning.model.checkpoints import StateShapeError  # pylint: disable=g-import-not-at-top
+  for e in _chain(error):
+    if isinstance(e, StateShapeError):
+      return f': {e}'
+    # Orbax's own refusal; its advice ("set strict=False") is about its API.
+    if 'strict=False' in str(e) or 'shape mismatch' in str(e).lower():
+      return ''
+  return None
 
 
 def one_line(error: BaseException) -> Optional[str]:
@@ -103,10 +108,11 @@ def one_line(error: BaseException) -> Optional[str]:
   if disk:
     return (f'Disk error: the disk is full ({disk}); free space, or point MODEL_DIR / '
             'the output directory at a disk with room, and rerun.')
-  if _restored_shapes_differ(error):
+  differ = _restored_shapes_differ(error)
+  if differ is not None:
     return ('Checkpoint error: the checkpoint being restored holds variables of other '
-            'shapes than this configuration (did PROMPT_LENGTH, the method or the model '
-            'change since it was saved?). Resume with the configuration the run was '
+            f'shapes than this configuration{differ} (did PROMPT_LENGTH, the method or the '
+            'model change since it was saved?). Resume with the configuration the run was '
             'started with (MODEL_DIR/config.gin), or train into a new MODEL_DIR.')
   from prompt_tuning.model.param_shapes import CheckpointError  # pylint: disable=g-import-not-at-top
   if isinstance(error, CheckpointError):

@@ -303,12 +303,8 @@ def test_resume_with_another_prompt_length_says_what_changed(tmp_path, tiny_gin,
   assert proc.returncode == 0, proc.stdout[-3000:]
   proc = _run('prompt_tuning.train', *_train_args(tiny_gin, shared_data, model_dir,
                                                   '--gin.TRAIN_STEPS=6', '--gin.PROMPT_LENGTH=6'))
-  assert proc.returncode != 0
-  # Only what comes before the message: Orbax's background threads may still
-  # print at exit while the trainer leaves its checkpoint manager open.
-  before, _, line = proc.stdout.partition('Checkpoint error:')
-  # Orbax's asyncio threads may print 'Event loop is closed' tracebacks of their
-  # own, in any order with ours (seen in CI); no other traceback may come first.
-  tracebacks = before.split('Traceback (most recent call last):')[1:]
-  assert line and all('Event loop is closed' in t for t in tracebacks), proc.stdout[-3000:]
-  assert 'PROMPT_LENGTH' in line.splitlines()[0] and 'strict=False' not in proc.stdout
+  # The shapes are checked before Orbax reads anything, so no background read
+  # is left to print at exit (CI saw those tracebacks when Orbax found it).
+  line = _one_line_error(proc, 'Checkpoint error:')
+  assert 'PROMPT_LENGTH' in line and 'strict=False' not in proc.stdout
+  assert 'saved [5, ' in line and 'configured [6, ' in line, line

@@ -64,6 +64,41 @@ class FingerprintMismatchError(ValueError):
   """The base checkpoint differs from the one the delta was trained on."""
 
 
+class StateShapeError(ValueError):
+  """A checkpoint holds variables of other shapes than the configuration expects."""
+
+
+def _key_name(key: Any) -> str:
+  for attribute in ('key', 'name', 'idx'):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _shapes_by_path(tree: Any) -> Dict[str, Tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in leaves if hasattr(leaf, 'shape')}
+
+
+def _check_saved_shapes(state_dir: str, abstract_state: Any) -> None:
+  """Raises StateShapeError naming the variables whose saved shape differs.
+
+  Checked on Orbax's metadata before any array is read: a mismatch found by
+  the restore itself leaves Orbax's background reads to print tracebacks at
+  exit, and its message ("set strict=False") is about its own API.
+  """
+  saved = ocp.StandardCheckpointer().metadata(state_dir)
+  saved = _shapes_by_path(dict(getattr(saved, 'item_metadata', saved).tree))
+  wanted = _shapes_by_path(abstract_state)
+  differ = [f'{path} saved {list(saved[path])}, configured {list(shape)}'
+            for path, shape in sorted(wanted.items())
+            if path in saved and saved[path] != shape]
+  if differ:
+    more = f' and {len(differ) - 3} more' if len(differ) > 3 else ''
+    raise StateShapeError('; '.join(differ[:3]) + more)
+
+
 class DeltaCheckpointer:
   """Saves and restores the trainable delta of a run under `model_dir`."""
 
@@ -100,6 +135,7 @@ class DeltaCheckpointer:
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """(state, metadata) of checkpoint_<step>, shaped like `abstract_state`."""
+    _check_saved_shapes(os.path.join(self.step_dir(step), 'state'), abstract_state)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         metadata=ocp.args.JsonRestore()))
