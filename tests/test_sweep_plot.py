@@ -432,3 +432,43 @@ def test_recipe_runs_configure_the_trainer(path):
   assert len(set(tuning_steps.values())) == 1, tuning_steps
   if '/paper/' in path:
     assert set(tuning_steps.values()) == {30_000}
+
+
+def test_sweep_dir_lets_a_run_start_from_an_earlier_runs_files(tmp_path, capsys):
+  (tmp_path / 'chain.toml').write_text('''
+name = "chain"
+metric = "score"
+x = "stage"
+seeds = [3]
+[[runs]]
+name = "first"
+labels = {stage = 1}
+[[runs]]
+name = "second"
+labels = {stage = 2}
+bindings = {PROMPT_FILE = "'{SWEEP_DIR}/first-seed{SEED}/prompt.npy'"}
+''')
+  out_dir = tmp_path / 'runs'
+  assert sweep.main([str(tmp_path / 'chain.toml'), '--out_dir', str(out_dir), '--dry_run',
+                     '--only', 'second-*']) == 0
+  command = shlex.split(capsys.readouterr().out.splitlines()[1])
+  assert f"--gin.PROMPT_FILE='{out_dir / 'chain'}/first-seed3/prompt.npy'" in command
+
+
+def test_plot_labels_runs_with_their_trained_parameters(tmp_path):
+  sweep_dir = tmp_path / 'methods'
+  for name, trained, value in [('lora', 3000, 80.0), ('prompt', 200, 70.0)]:
+    (sweep_dir / name / 'best').mkdir(parents=True)
+    (sweep_dir / name / 'best' / 'best.json').write_text(json.dumps(
+        {'step': 1, 'score': value, 'metrics': {'t': {'accuracy': value}}}))
+    (sweep_dir / name / 'parameters.json').write_text(json.dumps(
+        {'trained': trained, 'frozen_delta': 0, 'backbone': 10_000}))
+  runs = {name: {'labels': {'method': name}, 'model_dir': str(sweep_dir / name)}
+          for name in ('lora', 'prompt')}
+  results = plot.collect(runs, 'score')
+  assert [r.labels for r in results] == [
+      {'trained_parameters': 3000, 'backbone_parameters': 10_000, 'method': 'lora'},
+      {'trained_parameters': 200, 'backbone_parameters': 10_000, 'method': 'prompt'}]
+  table = plot.aggregate(results, {'x': 'trained_parameters', 'x_scale': 'log',
+                                   'series': 'method'})
+  assert table.xs == [200, 3000]

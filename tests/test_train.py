@@ -120,6 +120,10 @@ def test_cli_prompt_tuning_learns(tmp_path, random_tiny_hf):
   assert sorted(p.name for p in model_dir.glob('checkpoint_*')) == ['checkpoint_25',
                                                                      'checkpoint_40']
   assert 'PromptTuning' in (model_dir / 'config.gin').read_text()
+  counts = json.loads((model_dir / 'parameters.json').read_text())
+  assert counts['trained'] == 5 * 64 and counts['frozen_delta'] == 0
+  # Two 32128 x 64 vocabulary tables (4.1M) and the tiny layers.
+  assert 4_112_384 < counts['backbone'] < 4_500_000, counts
   prompt_40 = np.load(model_dir / 'checkpoint_40' / 'prompt.npy')
   prompt_25 = np.load(model_dir / 'checkpoint_25' / 'prompt.npy')
   assert prompt_40.shape == (5, 64) and not np.allclose(prompt_40, prompt_25)

@@ -1,20 +1,42 @@
 #!/usr/bin/env bash
-# Builds the demo model from nothing with the project's own runs:
+# Builds a demo model from nothing with the project's own runs:
 #   1. span corruption from scratch on the demo world's corpus (gin/demo/pretrain.gin)
 #   2. LM adaptation of that checkpoint (gin/demo/lm_adapt.gin)
-#   3. export of the LM-adapted model to prompt_tuning/assets/demo_world_t5
-#      (a Hugging Face folder, bfloat16: what the README's demo tunes against)
-# Every step is seeded; the checkpoints are kept in demo_models/ (the span
-# corruption one is the "span corruption" arm of configs/demo/objective.toml).
-# A re-run resumes where it stopped. About 30 minutes on 2 CPU cores.
+#   3. export of the LM-adapted model as a Hugging Face folder in bfloat16
+#
+#   tools/build_demo_model.sh [SIZE] [--gin.NAME=VALUE ...]
+#
+# SIZE is one of the demo model family (gin/demo/model*.gin):
+#   s   (default) 4.9M parameters: the shipped demo model,
+#       demo_models/{span_corruption,lm_adapted} -> prompt_tuning/assets/demo_world_t5;
+#       2,500 + 800 steps, about 30 minutes on 2 CPU cores
+#   xs  1.05M: demo_models/xs/... -> prompt_tuning/assets/demo_world_t5_xs;
+#       the same steps, about 10 minutes
+#   l   10.6M: demo_models/l/... -> demo_models/l/hf (21 MB, not shipped);
+#       6,000 + 1,000 steps, about 45 minutes
+# Every step is seeded; the training checkpoints stay in demo_models/ (the
+# span corruption one is the "span corruption" arm of configs/demo/objective.toml).
+# A re-run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-OUT=${DEMO_MODELS:-demo_models}
+SIZE=s
+if [[ $# -gt 0 && $1 != -* ]]; then SIZE=$1; shift; fi
+case $SIZE in
+  s)  MODEL=gin/demo/model.gin; OUT=${DEMO_MODELS:-demo_models}
+      EXPORT=prompt_tuning/assets/demo_world_t5; STEPS=() ;;
+  xs) MODEL=gin/demo/model_xs.gin; OUT=${DEMO_MODELS:-demo_models}/xs
+      EXPORT=prompt_tuning/assets/demo_world_t5_xs; STEPS=() ;;
+  l)  MODEL=gin/demo/model_l.gin; OUT=${DEMO_MODELS:-demo_models}/l; EXPORT=$OUT/hf
+      STEPS=(--gin.TRAIN_STEPS=6000 --gin.TRAIN_STEPS=7000) ;;
+  *)  echo "build_demo_model.sh: unknown size '$SIZE'; give xs, s or l." >&2; exit 2 ;;
+esac
+PRETRAIN_STEPS=(); ADAPT_STEPS=()
+if [[ ${#STEPS[@]} -gt 0 ]]; then PRETRAIN_STEPS=("${STEPS[0]}"); ADAPT_STEPS=("${STEPS[1]}"); fi
 
-$PYTHON -m prompt_tuning.train --gin_file=gin/demo/model.gin --gin_file=gin/demo/pretrain.gin \
-  --gin.MODEL_DIR="'$OUT/span_corruption'" "$@"
-$PYTHON -m prompt_tuning.train --gin_file=gin/demo/model.gin --gin_file=gin/demo/lm_adapt.gin \
+$PYTHON -m prompt_tuning.train --gin_file=$MODEL --gin_file=gin/demo/pretrain.gin \
+  --gin.MODEL_DIR="'$OUT/span_corruption'" ${PRETRAIN_STEPS[@]+"${PRETRAIN_STEPS[@]}"} "$@"
+$PYTHON -m prompt_tuning.train --gin_file=$MODEL --gin_file=gin/demo/lm_adapt.gin \
   --gin.INITIAL_CHECKPOINT_PATH="'$OUT/span_corruption'" \
-  --gin.MODEL_DIR="'$OUT/lm_adapted'" "$@"
-$PYTHON tools/export_hf.py "$OUT/lm_adapted" prompt_tuning/assets/demo_world_t5 --dtype bfloat16
+  --gin.MODEL_DIR="'$OUT/lm_adapted'" ${ADAPT_STEPS[@]+"${ADAPT_STEPS[@]}"} "$@"
+$PYTHON tools/export_hf.py "$OUT/lm_adapted" "$EXPORT" --dtype bfloat16

@@ -19,6 +19,10 @@ averaged first (e.g. the SuperGLUE score over per-task runs of one seed);
 such a group counts only when every one of its runs has a result. Then each
 (x, series) is summarised over its seeds: mean, sample standard deviation
 (n - 1) and n. Runs without a result are listed, never dropped silently.
+
+Besides its recipe labels, a run is labelled `trained_parameters` and
+`backbone_parameters` from MODEL_DIR/parameters.json (the trainer writes it),
+so `x = "trained_parameters"` draws a metric against what each method trains.
 """
 import argparse
 import dataclasses
@@ -152,8 +156,17 @@ def collect(runs: Mapping[str, Mapping[str, Any]], metric: str) -> List[Result]:
         value = metric_value(results, metric)
       except KeyError as e:
         source = f'{source}: {e.args[0]}'
-    out.append(Result(name, dict(run['labels']), value, source))
+    out.append(Result(name, {**_parameter_labels(run['model_dir']), **run['labels']},
+                      value, source))
   return out
+
+
+def _parameter_labels(model_dir: str) -> Dict[str, int]:
+  path = sweep_lib.join(model_dir, 'parameters.json')
+  if not sweep_lib.exists(path):
+    return {}
+  counts = json.loads(sweep_lib.read_text(path))
+  return {'trained_parameters': counts['trained'], 'backbone_parameters': counts['backbone']}
 
 
 # -- aggregation -----------------------------------------------------------------

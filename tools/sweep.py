@@ -220,7 +220,10 @@ def sweep(recipe: recipe_lib.Recipe, out_dir: str, overrides: Dict[str, str],
   if shadowed:
     _log(f'warning: --set {", ".join(sorted(shadowed))} has no effect: the recipe sets it '
          'per run (a run\'s vars win over --set)')
-  variables = recipe_lib.variables(recipe, overrides)
+  # {SWEEP_DIR}: where this recipe's runs go, so a run can start from an
+  # earlier run's output (runs go in file order).
+  variables = {**recipe_lib.variables(recipe, overrides),
+               'SWEEP_DIR': join(out_dir, recipe.name)}
   # Every selected run is resolved before anything starts: a missing variable
   # fails now, not hours into the sweep.
   resolved = [recipe_lib.resolve(run, variables, recipe.path) for run in selected]

@@ -13,6 +13,9 @@
 - `write_config_record`: MODEL_DIR/config.gin, plus config-<UTC time>.gin
   for each run attempt, so that the configuration every checkpoint was
   trained with stays on record.
+- `write_parameter_counts`: MODEL_DIR/parameters.json, how many parameters
+  the run trains beside the backbone's, for figures against trained
+  parameters (`tools/plot.py`).
 """
 import datetime
 import json
@@ -21,6 +24,8 @@ import socket
 import time
 from typing import Any, Dict, Optional
 
+import jax
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -143,3 +148,28 @@ def write_config_record(model_dir: str) -> str:
       f.write(text)
     tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
   return attempt
+
+
+PARAMETERS_NAME = 'parameters.json'
+
+
+def _count(tree: Any) -> int:
+  return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def write_parameter_counts(model_dir: str, trainable: Any, frozen: Any) -> Dict[str, int]:
+  """Writes MODEL_DIR/parameters.json: trained, frozen_delta and backbone counts.
+
+  `trainable` and `frozen` are the train state's variable trees; the backbone
+  is the `params` collection of both together (all of it is trained in model
+  tuning), a frozen delta every other collection's frozen variables (a
+  multi-task method's source prompts, say).
+  """
+  counts = {'trained': _count(trainable),
+            'frozen_delta': _count({c: v for c, v in frozen.items() if c != 'params'}),
+            'backbone': _count(trainable.get('params', {})) + _count(frozen.get('params', {}))}
+  path = os.path.join(model_dir, PARAMETERS_NAME)
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    f.write(json.dumps(counts) + '\n')
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  return counts

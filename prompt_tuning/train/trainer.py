@@ -301,6 +301,7 @@ def train(*,
         # Only now, once the configuration has run a step: a rerun that fails
         # on a bad value keeps the record of how the checkpoints were trained.
         run_dir.write_config_record(model_dir)
+        run_dir.write_parameter_counts(model_dir, state.trainable, state.frozen)
       config_recorded = True
       if log_now:
         loss = float(metrics['loss'])
