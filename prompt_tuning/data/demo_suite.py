@@ -8,13 +8,15 @@ equal rates (in the same forms). See every task, its format, labels and an
 example with
 
     python -m prompt_tuning.data.demo_suite
+    python tools/show_tasks.py --module prompt_tuning.data.demo_suite \
+      --task taskless_demo_suite_job_choice      # a task's examples, tokenized
 
 Inputs are (Super)GLUE's: the task's name, then its fields, e.g.
 'city_yes_no question: does Anna live in Paris?' -> 'yes', or
 'job_choice question: what is the job of Ben? options: pilot, cook, nurse,
 baker' -> 'pilot'. Every task is scored by rank classification over
 `labels(name)` (accuracy); a generation-style task's labels are its
-relation's value set (e.g. the 12 cities). Its studies bind, as
+relation's value set (e.g. the 12 cities). A study binds, as
 gin/demo/genre_task.gin does for the genre task:
 
     MIXTURE_OR_TASK_NAME = 'taskless_demo_suite_city_yes_no'
