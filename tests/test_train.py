@@ -232,6 +232,29 @@ def test_rank_classification_evaluation_predicts_only_labels(tmp_path, random_ti
   assert set(metrics) == {'fixture_sentiment'} and 'accuracy' in metrics['fixture_sentiment']
 
 
+def test_rank_classification_labels_of_different_lengths_evaluate(tmp_path, random_tiny_hf):
+  # seqio stacks a task's predictions into one array: labels of 1 and 4
+  # tokens, predicted alternately, crashed the evaluation before they were padded.
+  from prompt_tuning.infer import evaluation  # pylint: disable=g-import-not-at-top
+  state = _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf,
+                                  tmp_path / 'run', steps=1, base_step=0))
+  labels = ['positive', 'negative', 'not at all negative']
+  evaluator = evaluation.InferenceEvaluator(
+      'fixture_sentiment', {'inputs': 16, 'targets': 8}, batch_size=8,
+      rank_classification_labels=labels)
+  jitted = evaluator._jitted  # pylint: disable=protected-access
+  alternate = lambda variables, bank, tokens: np.arange(tokens.shape[0]) % 2 * 2
+  evaluator._jitted = lambda model, kind: alternate if kind == 'rank' else jitted(model, kind)
+  metrics = evaluator.evaluate(gin_utils.macro('METHOD').model, state.variables)
+  # 'negative' is never predicted and 'not at all negative' is never a target,
+  # so the accuracy is the share of 'positive' targets in even rows.
+  task = __import__('seqio').get_mixture_or_task('fixture_sentiment')
+  targets = [ex['targets_pretokenized'].decode() for ex in task.get_dataset(
+      {'inputs': 16, 'targets': 8}, split='validation', shuffle=False).as_numpy_iterator()]
+  expected = 100 * np.mean([t == 'positive' and i % 2 == 0 for i, t in enumerate(targets)])
+  assert metrics['fixture_sentiment']['accuracy'] == pytest.approx(expected)
+
+
 # -- bad input ------------------------------------------------------------------
 
 

@@ -153,7 +153,11 @@ class InferenceEvaluator:
 
   def _make_predict_fn(self, model, variables, bank=None):
     if self.rank_classification_labels:
+      # Padded to the longest label: seqio stacks a task's predictions into one
+      # array, and decoding stops at each label's EOS before the padding.
       labels = self._label_tokens()
+      width = max(map(len, labels))
+      labels = [ids + [0] * (width - len(ids)) for ids in labels]
       run = self._jitted(model, 'rank')
       to_tokens = lambda picked: [labels[i] for i in picked]
     else:
