@@ -20,6 +20,9 @@ What a delta declares:
                          take a leading per-example axis in a bank
     to_config()          JSON that `from_config` rebuilds the delta from
 
+A delta may also add a term to the training loss (intrinsic prompt tuning's
+reconstruction loss): `sow_auxiliary_loss` from its modules.
+
 A new method is a module in this package with one such class, registered
 with `@register`, and a gin file in gin/methods/.
 """
@@ -34,6 +37,8 @@ from prompt_tuning.model.param_shapes import flatten_tree, unflatten_tree
 from prompt_tuning.model.sites import Site
 
 Variables = Dict[str, Any]
+# The collection a delta's modules sow auxiliary training losses into.
+AUXILIARY_LOSSES = 'losses'
 LogicalAxisRules = Tuple[Tuple[str, Any], ...]
 
 _REGISTRY: Dict[str, Type['Delta']] = {}
@@ -112,6 +117,22 @@ class Delta:
   def from_config(cls, config: Mapping[str, Any]) -> 'Delta':
     fields = {k: v for k, v in config.items() if k != 'kind'}
     return cls(**fields)
+
+
+def sow_auxiliary_loss(module: nn.Module, name: str, per_example: Any) -> None:
+  """Adds `per_example` [b], a term per target token, to the training loss.
+
+  `prompt_tuning.train.step.batch_loss` applies the model with the collection
+  AUXILIARY_LOSSES mutable and adds sum_i per_example[i] * (example i's target
+  weight sum), divided by the loss normalizing factor if one is given: as if
+  every target token's loss carried its example's term. T5X's loss is a sum
+  over target tokens, so a coefficient chosen against a per-token mean loss
+  (a paper's) keeps its meaning, and microbatches sum to the whole batch.
+  Nothing is sown while the model is initialized (no 'losses' variables) or
+  when the collection is not mutable (evaluation by other callers, decoding).
+  """
+  if not module.is_initializing():
+    module.sow(AUXILIARY_LOSSES, name, per_example)
 
 
 def along_rows(vector: Any) -> Any:
@@ -198,6 +219,6 @@ def export_all(deltas: Sequence[Delta], variables: Variables, directory: str) ->
   return written
 
 
-__all__ = ['Delta', 'along_rows', 'check_deltas', 'delta_from_config', 'export_all',
-           'kernel_at', 'logical_axis_rules', 'module_leaves', 'register', 'registered',
-           'trainable_patterns', 'with_kernels']
+__all__ = ['AUXILIARY_LOSSES', 'Delta', 'along_rows', 'check_deltas', 'delta_from_config',
+           'export_all', 'kernel_at', 'logical_axis_rules', 'module_leaves', 'register',
+           'registered', 'sow_auxiliary_loss', 'trainable_patterns', 'with_kernels']

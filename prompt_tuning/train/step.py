@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning.deltas.base import AUXILIARY_LOSSES
 from prompt_tuning.deltas.paths import merge
 from prompt_tuning.model.losses import (compute_weighted_cross_entropy,
                                         get_loss_normalizing_factor_and_weights)
@@ -59,13 +60,17 @@ def batch_loss(model: nn.Module, variables: Variables, batch: Batch, *,
 
   Returns:
     (loss, metrics) with metrics summed over the batch: loss, z_loss,
-    weight_sum (number of target tokens) and correct (argmax hits).
+    weight_sum (number of target tokens) and correct (argmax hits); with a
+    delta that sows an auxiliary loss (`deltas.base.sow_auxiliary_loss`,
+    intrinsic prompt tuning's reconstruction), also auxiliary_loss, which
+    `loss` includes. Without one the computation is T5X's, unchanged.
   """
   targets = batch['decoder_target_tokens']
-  logits = model.apply(
+  logits, sown = model.apply(
       variables, batch['encoder_input_tokens'], batch['decoder_input_tokens'], targets,
       enable_dropout=dropout_rng is not None,
-      rngs={'dropout': dropout_rng} if dropout_rng is not None else None)
+      rngs={'dropout': dropout_rng} if dropout_rng is not None else None,
+      mutable=[AUXILIARY_LOSSES])
   loss_normalizing_factor, weights = get_loss_normalizing_factor_and_weights(
       loss_normalizing_factor, batch)
   if weights is None:
@@ -73,8 +78,17 @@ def batch_loss(model: nn.Module, variables: Variables, batch: Batch, *,
   loss, z, weight_sum = compute_weighted_cross_entropy(
       logits, targets, weights, label_smoothing, z_loss, loss_normalizing_factor)
   correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
-  return loss, {'loss': loss, 'z_loss': z, 'weight_sum': weight_sum,
-                'correct': correct.astype(jnp.float32)}
+  metrics = {'loss': loss, 'z_loss': z, 'weight_sum': weight_sum,
+             'correct': correct.astype(jnp.float32)}
+  if sown:
+    # Per-example terms per target token: weighted like the token losses.
+    per_example = sum(jax.tree_util.tree_leaves(sown))  # [b]
+    auxiliary = jnp.sum(per_example * jnp.sum(weights.astype(jnp.float32), axis=-1))
+    if loss_normalizing_factor is not None:
+      auxiliary = auxiliary / loss_normalizing_factor
+    loss = loss + auxiliary
+    metrics.update(loss=loss, auxiliary_loss=auxiliary)
+  return loss, metrics
 
 
 def split_microbatches(batch: Batch, num_microbatches: int) -> Dict[str, jax.Array]:
