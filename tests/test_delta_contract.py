@@ -39,7 +39,8 @@ from model_gins import model_gin  # tests/, on the path as pytest's rootdir
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
 
-
+INTRINSIC_SOURCES = [str(TESTS / 'data' / 'intrinsic' / f'source_task{i}.npy') for i in range(2)]
+INTRINSIC_DECODER = str(TESTS / 'data' / 'intrinsic' / 'intrinsic_decoder.npz')
 
 # name: (the delta(s) under test, gin files that configure them for a run, bindings)
 CASES = {
@@ -78,6 +79,16 @@ CASES = {
                        ['gin/methods/prefix.gin'],
                        ['--gin.PREFIX_LENGTH=3', '--gin.PREFIX_REPARAMETERIZE=True',
                         '--gin.PREFIX_HIDDEN_SIZE=8']),
+    # Intrinsic prompt tuning's two stages, on tests/data/intrinsic/ (width 32,
+    # P = 3, d_I = 2): MSF over two marked tasks, IST from a fixed decoder.
+    'intrinsic_msf': (
+        lambda: deltas.IntrinsicSubspaceFinding(sources=INTRINSIC_SOURCES, intrinsic_dim=2),
+        ['gin/methods/intrinsic_msf.gin'],
+        [f'--gin.SOURCE_PROMPTS={INTRINSIC_SOURCES}', '--gin.INTRINSIC_DIM=2',
+         "--gin.MIXTURE_OR_TASK_NAME='fixture_sentiment_marked'"]),
+    'intrinsic_prompt': (lambda: deltas.IntrinsicPrompt(decoder=INTRINSIC_DECODER),
+                         ['gin/methods/intrinsic_ist.gin'],
+                         [f"--gin.INTRINSIC_DECODER='{INTRINSIC_DECODER}'"]),
     # Two deltas in one model: a prompt and LoRA.
     'prompt+lora': (lambda: (deltas.PromptTuning(length=3, init=initializers.random_uniform()),
                              deltas.LoRA(rank=2)),
