@@ -393,8 +393,8 @@ def _base_step(checkpoint: str) -> int:
   # step; the shipped export is a Hugging Face folder, at step 0.
   made_by = {'demo_models/span_corruption': 'gin/demo/pretrain.gin',
              'demo_models/lm_adapted': 'gin/demo/lm_adapt.gin'}
-  if checkpoint == 'prompt_tuning/assets/demo_world_t5':
-    return 0
+  if checkpoint.startswith('prompt_tuning/assets/demo_world_t5') or checkpoint.endswith('/hf'):
+    return 0  # the family's exports (tools/build_demo_model.sh)
   if checkpoint in made_by:
     text = (REPO / made_by[checkpoint]).read_text()
     return int(re.search(r'^TRAIN_STEPS = ([\d_]+)', text, re.M)[1].replace('_', ''))
@@ -472,3 +472,68 @@ def test_plot_labels_runs_with_their_trained_parameters(tmp_path):
   table = plot.aggregate(results, {'x': 'trained_parameters', 'x_scale': 'log',
                                    'series': 'method'})
   assert table.xs == [200, 3000]
+
+
+STAGED_RECIPE = """
+name = "staged"
+metric = "score"
+x = "split"
+series = "method"
+seeds = [0]
+relative_to = {method = "prompt", match = ["task", "seed"]}
+
+[[runs]]
+name = "prompt"
+axes = ["task"]
+labels = {method = "prompt"}
+
+[[runs]]
+name = "subspace"
+axes = ["dim"]
+plot = false
+
+[[runs]]
+name = "intrinsic"
+labels = {method = "intrinsic"}
+
+[[cross.task]]
+name = "t1"
+labels = {split = "seen"}
+
+[[cross.task]]
+name = "t2"
+labels = {split = "unseen"}
+
+[[cross.dim]]
+name = "d5"
+labels = {dim = 5}
+"""
+
+
+def test_runs_take_only_the_axes_they_name_and_setup_runs_are_not_plotted(tmp_path):
+  (tmp_path / 'staged.toml').write_text(STAGED_RECIPE)
+  recipe = recipe_lib.load(str(tmp_path / 'staged.toml'))
+  assert [r.name for r in recipe.runs] == [
+      'prompt-t1-seed0', 'prompt-t2-seed0', 'subspace-d5-seed0',
+      'intrinsic-t1-d5-seed0', 'intrinsic-t2-d5-seed0']
+  assert [r.plot for r in recipe.runs] == [True, True, False, True, True]
+  # 80 / 90 and 30 / 60 of their prompt-tuning baselines (same task and seed).
+  values = {'prompt-t1-seed0': 90.0, 'prompt-t2-seed0': 60.0,
+            'intrinsic-t1-d5-seed0': 80.0, 'intrinsic-t2-d5-seed0': 30.0}
+  sweep_dir = tmp_path / 'runs' / 'staged'
+  for name, value in values.items():
+    (sweep_dir / name / 'best').mkdir(parents=True)
+    (sweep_dir / name / 'best' / 'best.json').write_text(json.dumps(
+        {'step': 1, 'score': value, 'metrics': {'t': {'accuracy': value}}}))
+  out = subprocess.run([sys.executable, str(REPO / 'tools' / 'plot.py'), str(sweep_dir),
+                        '--recipe', str(tmp_path / 'staged.toml')],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert '| intrinsic | 88.89 (1) | 50.00 (1) |' in out.stdout, out.stdout
+  assert 'subspace' not in out.stdout and 'Missing' not in out.stdout
+
+
+def test_a_run_naming_an_unknown_axis_is_refused(tmp_path):
+  (tmp_path / 'bad.toml').write_text(STAGED_RECIPE.replace('axes = ["dim"]', 'axes = ["dims"]'))
+  with pytest.raises(recipe_lib.RecipeError, match=r"names cross axes \['dims'\]"):
+    recipe_lib.load(str(tmp_path / 'bad.toml'))

@@ -6,7 +6,7 @@
 #
 #   tools/build_demo_model.sh [SIZE] [--gin.NAME=VALUE ...]
 #
-# SIZE is one of the demo model family (gin/demo/model*.gin):
+# SIZE is one of the demo model family (gin/demo/model.gin, then model_<SIZE>.gin):
 #   s   (default) 4.9M parameters: the shipped demo model,
 #       demo_models/{span_corruption,lm_adapted} -> prompt_tuning/assets/demo_world_t5;
 #       2,500 + 800 steps, about 30 minutes on 2 CPU cores
@@ -23,20 +23,22 @@ PYTHON=${PYTHON:-python}
 SIZE=s
 if [[ $# -gt 0 && $1 != -* ]]; then SIZE=$1; shift; fi
 case $SIZE in
-  s)  MODEL=gin/demo/model.gin; OUT=${DEMO_MODELS:-demo_models}
+  s)  SIZE_GIN=(); OUT=${DEMO_MODELS:-demo_models}
       EXPORT=prompt_tuning/assets/demo_world_t5; STEPS=() ;;
-  xs) MODEL=gin/demo/model_xs.gin; OUT=${DEMO_MODELS:-demo_models}/xs
+  xs) SIZE_GIN=(--gin_file=gin/demo/model_xs.gin); OUT=${DEMO_MODELS:-demo_models}/xs
       EXPORT=prompt_tuning/assets/demo_world_t5_xs; STEPS=() ;;
-  l)  MODEL=gin/demo/model_l.gin; OUT=${DEMO_MODELS:-demo_models}/l; EXPORT=$OUT/hf
+  l)  SIZE_GIN=(--gin_file=gin/demo/model_l.gin); OUT=${DEMO_MODELS:-demo_models}/l; EXPORT=$OUT/hf
       STEPS=(--gin.TRAIN_STEPS=6000 --gin.TRAIN_STEPS=7000) ;;
   *)  echo "build_demo_model.sh: unknown size '$SIZE'; give xs, s or l." >&2; exit 2 ;;
 esac
 PRETRAIN_STEPS=(); ADAPT_STEPS=()
 if [[ ${#STEPS[@]} -gt 0 ]]; then PRETRAIN_STEPS=("${STEPS[0]}"); ADAPT_STEPS=("${STEPS[1]}"); fi
 
-$PYTHON -m prompt_tuning.train --gin_file=$MODEL --gin_file=gin/demo/pretrain.gin \
+$PYTHON -m prompt_tuning.train --gin_file=gin/demo/model.gin ${SIZE_GIN[@]+"${SIZE_GIN[@]}"} \
+  --gin_file=gin/demo/pretrain.gin \
   --gin.MODEL_DIR="'$OUT/span_corruption'" ${PRETRAIN_STEPS[@]+"${PRETRAIN_STEPS[@]}"} "$@"
-$PYTHON -m prompt_tuning.train --gin_file=$MODEL --gin_file=gin/demo/lm_adapt.gin \
+$PYTHON -m prompt_tuning.train --gin_file=gin/demo/model.gin ${SIZE_GIN[@]+"${SIZE_GIN[@]}"} \
+  --gin_file=gin/demo/lm_adapt.gin \
   --gin.INITIAL_CHECKPOINT_PATH="'$OUT/span_corruption'" \
   --gin.MODEL_DIR="'$OUT/lm_adapted'" ${ADAPT_STEPS[@]+"${ADAPT_STEPS[@]}"} "$@"
 $PYTHON tools/export_hf.py "$OUT/lm_adapted" "$EXPORT" --dtype bfloat16

@@ -20,7 +20,9 @@ such a group counts only when every one of its runs has a result. Then each
 (x, series) is summarised over its seeds: mean, sample standard deviation
 (n - 1) and n. Runs without a result are listed, never dropped silently.
 
-Besides its recipe labels, a run is labelled `trained_parameters` and
+A recipe's `relative_to` turns each value into a percentage of its baseline
+run's (see `relative`); runs with `plot = false` are left out. Besides its
+recipe labels, a run is labelled `trained_parameters` and
 `backbone_parameters` from MODEL_DIR/parameters.json (the trainer writes it),
 so `x = "trained_parameters"` draws a metric against what each method trains.
 """
@@ -167,6 +169,32 @@ def _parameter_labels(model_dir: str) -> Dict[str, int]:
     return {}
   counts = json.loads(sweep_lib.read_text(path))
   return {'trained_parameters': counts['trained'], 'backbone_parameters': counts['backbone']}
+
+
+def relative(results: Sequence[Result], spec: Mapping[str, Any]) -> List[Result]:
+  """Each run's value as a percentage of its baseline's; the baseline runs drop out.
+
+  `spec` is the recipe's relative_to, e.g. {'method': 'prompt', 'match':
+  ['task', 'seed']}: a run's baseline has method = 'prompt' and the same task
+  and seed.
+  """
+  (label, value), = [(k, v) for k, v in spec.items() if k != 'match']
+  key = lambda r: tuple(_hashable(r.labels.get(m)) for m in spec['match'])
+  baselines = {key(r): r for r in results if r.labels.get(label) == value}
+  out = []
+  for r in results:
+    if r.labels.get(label) == value:
+      continue
+    base = baselines.get(key(r))
+    if r.value is None or base is None or not base.value:
+      why = r.source if r.value is None else (
+          f'no baseline run ({label}={value}, same {"/".join(spec["match"])})' if base is None
+          else f'baseline {base.name}: {base.source if base.value is None else "zero"}')
+      out.append(Result(r.name, r.labels, None, why))
+    else:
+      out.append(Result(r.name, r.labels, 100 * r.value / base.value,
+                        f'{r.source} / {base.name}'))
+  return out
 
 
 # -- aggregation -----------------------------------------------------------------
@@ -336,8 +364,8 @@ def load_sweep(sweep_dir: str, recipe_path: Optional[str]) -> Tuple[Dict[str, An
   """(plotting spec, runs {name: {'labels', 'model_dir'}}) of a sweep directory."""
   if recipe_path:
     recipe = recipe_lib.load(recipe_path)
-    runs = {r.name: {'labels': r.labels, 'model_dir': sweep_lib.join(sweep_dir, r.name)}
-            for r in recipe.runs}
+    runs = {r.name: {'labels': r.labels, 'model_dir': sweep_lib.join(sweep_dir, r.name),
+                     'plot': r.plot} for r in recipe.runs}
     return recipe.plot_spec(), runs
   path = sweep_lib.join(sweep_dir, sweep_lib.MANIFEST)
   if not sweep_lib.exists(path):
@@ -361,7 +389,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except recipe_lib.RecipeError as e:
     print(f'Error: {e}', file=sys.stderr)
     return 2
-  table = aggregate(collect(runs, spec['metric']), spec)
+  results = collect({n: r for n, r in runs.items() if r.get('plot', True)}, spec['metric'])
+  if spec.get('relative_to'):
+    results = relative(results, spec['relative_to'])
+  table = aggregate(results, spec)
   text = markdown(table, spec, args.digits)
   print(text, end='', flush=True)
   if args.markdown:

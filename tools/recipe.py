@@ -10,9 +10,12 @@ In short:
     include = ["_shared.toml"]            cross axes and [defaults] shared by recipes
     gin_files, [bindings], [defaults]     shared by every run
     seeds = [0, 1, 2]                     every run once per RANDOM_SEED
-    [[runs]]  name, gin_files, bindings, vars, labels
+    [[runs]]  name, gin_files, bindings, vars, labels, axes, plot
     [[cross.<axis>]]  name, gin_files, bindings, vars, labels
                                           every run is crossed with every entry
+                                          (of the axes it names, if `axes`)
+    relative_to = {method = "prompt", match = ["task", "seed"]}
+                                          plot each value as % of its baseline run
 
 Bindings are gin text, as after `--gin.NAME=` (a gin string keeps its inner
 quotes: "'rte'"); TOML numbers, booleans and arrays become gin literals.
@@ -48,10 +51,14 @@ _SAFE_NAME = re.compile(r'^[A-Za-z0-9_.+=-]+$')
 
 _RECIPE_KEYS = {'name', 'figure', 'title', 'finding', 'metric', 'average_over', 'x',
                 'x_scale', 'x_ticks', 'series', 'ylabel', 'include', 'gin_files',
-                'bindings', 'defaults', 'seeds', 'runs', 'cross', 'reported', 'notes'}
+                'bindings', 'defaults', 'seeds', 'runs', 'cross', 'reported', 'notes',
+                'relative_to'}
 _ENTRY_KEYS = {'name', 'gin_files', 'bindings', 'vars', 'labels', 'notes'}
+_RUN_KEYS = _ENTRY_KEYS | {'axes', 'plot'}
 _X_SCALES = ('category', 'linear', 'log')
 SEED_MACRO = 'RANDOM_SEED'
+# Labels a run records itself, in MODEL_DIR/parameters.json (tools/plot.py reads them).
+RECORDED_LABELS = ('trained_parameters', 'backbone_parameters')
 
 
 class RecipeError(ValueError):
@@ -66,6 +73,9 @@ class Run:
   gin_files: Tuple[str, ...]
   bindings: Dict[str, str]
   vars: Dict[str, str]
+  # False for a run that only prepares others (e.g. a subspace they start
+  # from): swept, not plotted, and it needs no x or series label.
+  plot: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +96,7 @@ class Recipe:
   defaults: Dict[str, str]
   runs: Tuple[Run, ...]
   reported: Tuple[Dict[str, Any], ...]
+  relative_to: Optional[Dict[str, Any]] = None
 
   def plot_spec(self) -> Dict[str, Any]:
     """What plot.py needs, as stored in a sweep's manifest.json."""
@@ -93,7 +104,7 @@ class Recipe:
             'title': self.title, 'finding': self.finding, 'metric': self.metric,
             'x': self.x, 'series': self.series, 'average_over': list(self.average_over),
             'x_scale': self.x_scale, 'x_ticks': self.x_ticks, 'ylabel': self.ylabel,
-            'reported': list(self.reported)}
+            'reported': list(self.reported), 'relative_to': self.relative_to}
 
   def select(self, patterns: Sequence[str]) -> List[Run]:
     """The runs whose names match any of the glob `patterns` (all without any)."""
@@ -134,12 +145,12 @@ def load(path: str) -> Recipe:
 
   runs = _expand(doc, path)
   series = doc.get('series')
-  for run in runs:
+  for run in (r for r in runs if r.plot):
     for key in [doc['x']] + ([series] if series else []):
-      if key not in run.labels:
+      if key not in run.labels and key not in RECORDED_LABELS:
         raise RecipeError(f'{path}: run {run.name!r} has no label {key!r} (its labels: '
                           f'{run.labels}); every run needs the x and series labels.')
-    if x_scale != 'category' and not isinstance(run.labels[doc['x']], (int, float)):
+    if x_scale != 'category' and not isinstance(run.labels.get(doc['x'], 0), (int, float)):
       raise RecipeError(f'{path}: x_scale {x_scale!r} needs numeric x labels; run '
                         f'{run.name!r} has {doc["x"]}={run.labels[doc["x"]]!r}.')
   reported = _as_list(doc.get('reported', []), path, 'reported')
@@ -154,7 +165,20 @@ def load(path: str) -> Recipe:
       average_over=tuple(_as_list(doc.get('average_over', []), path, 'average_over')),
       x_scale=x_scale, x_ticks=doc.get('x_ticks'), ylabel=doc.get('ylabel', doc['metric']),
       defaults={k: _var_text(v, path, k) for k, v in doc.get('defaults', {}).items()},
-      runs=tuple(runs), reported=tuple(reported))
+      runs=tuple(runs), reported=tuple(reported),
+      relative_to=_relative_to(doc.get('relative_to'), path))
+
+
+def _relative_to(spec: Any, path: str) -> Optional[Dict[str, Any]]:
+  """`relative_to = {LABEL = VALUE, match = [labels]}`: the baseline runs' label."""
+  if spec is None:
+    return None
+  baseline = {k: v for k, v in spec.items() if k != 'match'} if isinstance(spec, dict) else {}
+  if len(baseline) != 1 or not isinstance(spec.get('match'), list):
+    raise RecipeError(f'{path}: relative_to must be {{LABEL = "value", match = ["label", ...]}} '
+                      f'(one baseline label, the labels a run shares with its baseline), '
+                      f'got {spec!r}.')
+  return dict(spec)
 
 
 def find_recipes(root: str) -> List[str]:
@@ -195,28 +219,30 @@ def _merge_include(doc: Dict[str, Any], included: Dict[str, Any], path: str) -> 
 # -- expansion -------------------------------------------------------------------
 def _expand(doc: Mapping[str, Any], path: str) -> List[Run]:
   """runs x cross axes (in file order) x seeds, names joined with '-'."""
-  runs = [_entry(e, path, 'runs', axis=None) for e in _as_list(doc.get('runs', []), path, 'runs')]
+  entries = _as_list(doc.get('runs', []), path, 'runs')
+  runs = [_entry(e, path, 'runs', axis=None) for e in entries]
   if not runs:
     raise RecipeError(f'{path}: a recipe needs at least one [[runs]] entry.')
-  axes = []
-  for axis, entries in doc.get('cross', {}).items():
-    entries = [_entry(e, path, f'cross.{axis}', axis) for e in _as_list(entries, path, f'cross.{axis}')]
-    if not entries:
+  axes = {}
+  for axis, cross in doc.get('cross', {}).items():
+    axes[axis] = [_entry(e, path, f'cross.{axis}', axis) for e in _as_list(cross, path, f'cross.{axis}')]
+    if not axes[axis]:
       raise RecipeError(f'{path}: cross axis {axis!r} has no entries.')
-    axes.append(entries)
+  run_axes = [_run_axes(entry, list(axes), path) for entry in entries]
   seeds = _as_list(doc.get('seeds', []), path, 'seeds')
+  seed_axis = []
   if seeds:
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
       raise RecipeError(f'{path}: seeds must be integers, got {seeds}.')
-    axes.append([Run(name=f'seed{s}', labels={'seed': s}, gin_files=(),
-                     bindings={SEED_MACRO: str(s)}, vars={'SEED': str(s)}) for s in seeds])
+    seed_axis = [[Run(name=f'seed{s}', labels={'seed': s}, gin_files=(),
+                      bindings={SEED_MACRO: str(s)}, vars={'SEED': str(s)}) for s in seeds]]
 
   shared = Run(name='', labels={}, gin_files=tuple(_as_list(doc.get('gin_files', []), path,
                                                             'gin_files')),
                bindings=_bindings(doc.get('bindings', {}), path, 'bindings'), vars={})
   expanded, seen = [], {}
-  for run in runs:
-    for combination in itertools.product(*axes):
+  for run, names in zip(runs, run_axes):
+    for combination in itertools.product(*[axes[n] for n in names], *seed_axis):
       # Most specific last: shared, then cross entries in axis order, then the run.
       parts = [shared, *combination, run]
       name = '-'.join([run.name] + [e.name for e in combination])
@@ -228,18 +254,33 @@ def _expand(doc: Mapping[str, Any], path: str) -> List[Run]:
           labels=_merged(p.labels for p in [*combination, run]),
           gin_files=tuple(f for p in parts for f in p.gin_files),
           bindings=_merged(p.bindings for p in parts),
-          vars=_merged(p.vars for p in parts)))
+          vars=_merged(p.vars for p in parts), plot=run.plot))
   return expanded
+
+
+def _run_axes(entry: Mapping[str, Any], axes: List[str], path: str) -> List[str]:
+  """The cross axes a [[runs]] entry takes, in file order: `axes`, or all."""
+  if 'axes' not in entry:
+    return axes
+  named = _as_list(entry['axes'], path, f'runs {entry.get("name")!r} axes')
+  unknown = sorted(set(named) - set(axes))
+  if unknown:
+    raise RecipeError(f'{path}: run {entry.get("name")!r} names cross axes {unknown} that the '
+                      f'recipe does not have (it has {axes}).')
+  return [a for a in axes if a in named]
 
 
 def _entry(entry: Any, path: str, where: str, axis: Optional[str]) -> Run:
   """A [[runs]] or [[cross.<axis>]] entry; a cross entry is labelled `axis = name`."""
   if not isinstance(entry, dict):
     raise RecipeError(f'{path}: [[{where}]] entries must be tables, got {entry!r}.')
-  unknown = set(entry) - _ENTRY_KEYS
+  allowed = _RUN_KEYS if axis is None else _ENTRY_KEYS
+  unknown = set(entry) - allowed
   if unknown:
     raise RecipeError(f'{path}: [[{where}]] {entry.get("name")!r}: unknown keys '
-                      f'{sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}.')
+                      f'{sorted(unknown)}; allowed: {sorted(allowed)}.')
+  if not isinstance(entry.get('plot', True), bool):
+    raise RecipeError(f'{path}: [[{where}]] {entry.get("name")!r}: plot must be true or false.')
   name = entry.get('name')
   if not isinstance(name, str) or not _SAFE_NAME.match(name):
     raise RecipeError(f'{path}: [[{where}]] needs a `name` usable in a directory name, '
@@ -249,7 +290,8 @@ def _entry(entry: Any, path: str, where: str, axis: Optional[str]) -> Run:
   return Run(name=name, labels=labels,
              gin_files=tuple(_as_list(entry.get('gin_files', []), path, f'{where}.gin_files')),
              bindings=_bindings(entry.get('bindings', {}), path, f'{where} {name!r}'),
-             vars={k: _var_text(v, path, k) for k, v in entry.get('vars', {}).items()})
+             vars={k: _var_text(v, path, k) for k, v in entry.get('vars', {}).items()},
+             plot=entry.get('plot', True))
 
 
 def _bindings(table: Any, path: str, where: str) -> Dict[str, str]:

@@ -200,7 +200,7 @@ def write_manifest(path: str, recipe: recipe_lib.Recipe, out_dir: str,
   for run in recipe.runs:
     cmd = commands.get(run.name, previous.get(run.name, {}).get('command'))
     runs[run.name] = {'labels': run.labels, 'model_dir': model_dir(out_dir, recipe, run.name),
-                      'command': cmd}
+                      'command': cmd, 'plot': run.plot}
   write_text(path, json.dumps({**recipe.plot_spec(), 'runs': runs}, indent=2) + '\n')
 
 
