@@ -181,3 +181,16 @@ def test_a_seqio_task_gives_tokenized_examples(name):
     assert example['inputs_pretokenized'].decode().startswith('question: ')
   else:
     assert example['inputs_pretokenized'].decode().startswith('genre text: ')
+
+
+def test_each_splits_seen_tasks_are_a_marked_mixture_in_split_order():
+  for kind in demo_suite.SPLITS:
+    seen, _ = demo_suite.task_split(kind, 'taskless')
+    mixture = seqio.get_mixture_or_task(f'demo_suite_{kind}_seen')
+    assert {t.name for t in mixture.tasks} == {f'{name}_task{i}' for i, name in enumerate(seen)}
+  # Task 1 of the random split: its inputs start with <extra_id_1> (32099 - 1).
+  name = demo_suite.task_split('random', 'taskless')[0][1]
+  task = seqio.get_mixture_or_task(f'{name}_task1')
+  example = next(iter(task.get_dataset(demo_suite.SUITE_LENGTHS, split='validation',
+                                       shuffle=False)))
+  assert int(example['inputs'][0]) == 32098

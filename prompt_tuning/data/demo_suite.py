@@ -32,6 +32,11 @@ in `SPLITS` (names of the T5 form; `task_split` gives other forms):
              are the classification formats (yes_no, entailment, pick_person,
              genre; 19 tasks), unseen the generation-style ones, whose
              answers are entity values (multiple_choice, short_answer; 12)
+
+For IPT's subspace finding, each split's seen tasks in the taskless form are
+also a marked mixture, `demo_suite_<split>_seen` (task i's inputs start with
+the marker <extra_id_i>, i in the order of `task_split(split, TASKLESS)[0]`;
+see `task_markers`).
 """
 import functools
 import random
@@ -44,6 +49,7 @@ from prompt_tuning.data import demo_world
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
+from prompt_tuning.data import task_markers
 from prompt_tuning.data import task_utils
 from prompt_tuning.data.demo_suite_tasks import TASKS
 
@@ -122,6 +128,9 @@ def register() -> None:
                            label_names=task.labels, feature_names=task.features)],
         postprocessors.class_id_postprocessor(task.labels), [metrics.accuracy])
   task_utils.add_mixture_forms(PREFIX, {task_name(t): 1.0 for t in TASKS})
+  for kind in SPLITS:
+    task_markers.add_marked_mixture(f'{PREFIX}_{kind}_seen',
+                                    task_split(kind, task_utils.TASKLESS)[0])
 
 
 def describe() -> None:
