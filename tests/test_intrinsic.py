@@ -243,6 +243,11 @@ def test_msf_then_ist_runs_end_to_end(tmp_path, shared_data):
       '--gin_file=gin/methods/intrinsic_msf.gin', f'--gin.SOURCE_PROMPTS={sources}',
       '--gin.INTRINSIC_DIM=2', "--gin.MIXTURE_OR_TASK_NAME='fixture_sentiment_marked'"]))
   msf_checkpoint = checkpoints.resolve_checkpoint(str(tmp_path / 'msf'))
+  # The reconstruction term is logged beside the loss, per target token.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  logged = [v.tag for path in tf.io.gfile.glob(str(tmp_path / 'msf' / 'train' / 'events.*'))
+            for event in tf.compat.v1.train.summary_iterator(path) for v in event.summary.value]
+  assert 'auxiliary_loss' in logged and 'loss' in logged
   assert {'intrinsic_decoder.npz', 'intrinsic_task0.npy', 'intrinsic_task1.npy'} <= set(
       os.listdir(msf_checkpoint))
   decoder = np.load(os.path.join(msf_checkpoint, 'intrinsic_decoder.npz'))

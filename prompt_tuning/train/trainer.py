@@ -92,6 +92,8 @@ def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, t
       'tokens_per_second': tokens / seconds,
       'examples_seen': examples_seen,
   }
+  if 'auxiliary_loss' in metrics:  # a delta's own term, inside `loss` (intrinsic prompts)
+    scalars['auxiliary_loss'] = float(metrics['auxiliary_loss']) / weight
   writer.write_scalars(step, scalars)
   remaining = (train_steps - step) * seconds / max(steps_done, 1)
   logging.info(
