@@ -367,7 +367,8 @@ def test_numeric_x_with_reported_values(tmp_path):
 RECIPES = recipe_lib.find_recipes(str(REPO / 'configs'))
 # Values for placeholders a recipe leaves to --set (checkpoints nobody released).
 DUMMY = {'LM10K_CHECKPOINT': '/ckpt/lm10k_{SIZE}/checkpoint_1010000',
-         'LM50K_CHECKPOINT': '/ckpt/lm50k_{SIZE}/checkpoint_1050000'}
+         'LM50K_CHECKPOINT': '/ckpt/lm50k_{SIZE}/checkpoint_1050000',
+         'SWEEP_DIR': '/runs/recipe'}  # tools/sweep.py sets it
 
 
 def test_configs_exist():
@@ -428,7 +429,8 @@ def test_recipe_runs_configure_the_trainer(path):
     # TRAIN_STEPS is absolute: every run of a sweep trains as many steps past
     # its own frozen model, 30,000 for the paper's.
     steps = gin_utils.macro('TRAIN_STEPS') - _base_step(gin_utils.macro('INITIAL_CHECKPOINT_PATH'))
-    tuning_steps[run.name] = steps
+    if run.plot:  # a setup run (IPT's subspace finding) trains as long as it needs
+      tuning_steps[run.name] = steps
   assert len(set(tuning_steps.values())) == 1, tuning_steps
   if '/paper/' in path:
     assert set(tuning_steps.values()) == {30_000}
@@ -537,3 +539,22 @@ def test_a_run_naming_an_unknown_axis_is_refused(tmp_path):
   (tmp_path / 'bad.toml').write_text(STAGED_RECIPE.replace('axes = ["dim"]', 'axes = ["dims"]'))
   with pytest.raises(recipe_lib.RecipeError, match=r"names cross axes \['dims'\]"):
     recipe_lib.load(str(tmp_path / 'bad.toml'))
+
+
+@pytest.mark.parametrize('name', ['scale', 'compare', 'ipt'])
+def test_suite_recipes_name_each_tasks_labels_and_ipts_sources_in_marker_order(name):
+  import ast  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import demo_suite  # pylint: disable=g-import-not-at-top
+  recipe = recipe_lib.load(str(REPO / 'configs' / 'demo' / f'{name}.toml'))
+  variables = recipe_lib.variables(recipe, DUMMY)
+  for run in recipe.runs:
+    resolved = recipe_lib.resolve(run, variables)
+    task = ast.literal_eval(resolved.bindings['MIXTURE_OR_TASK_NAME'])
+    if 'SOURCE_PROMPTS' in resolved.bindings:  # IPT's subspace finding, on the marked mixture
+      seen, _ = demo_suite.task_split('random', 'taskless')
+      sources = ast.literal_eval(resolved.bindings['SOURCE_PROMPTS'])
+      assert task == 'demo_suite_random_seen' and len(sources) == len(seen) == 23
+      for source, seen_task in zip(sources, seen):  # source i is marker <extra_id_i>'s task
+        assert f'-{seen_task.replace("taskless_demo_suite_", "")}-seed' in source, source
+      continue
+    assert ast.literal_eval(resolved.bindings['CLASS_LABELS']) == demo_suite.labels(task), run.name
