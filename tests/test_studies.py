@@ -1,0 +1,90 @@
+"""The demo-suite studies' recipes run end to end in seconds, so they cannot rot.
+
+Each is the real recipe through tools/sweep.py and tools/plot.py with
+`--set SUITE_STEPS=2` (two training steps, one evaluation) and `--only` a
+few of its runs on the shipped xs and s demo models. Slow: every run is a
+training process (about 20 s on 2 cores).
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _tool(*args, check=True):
+  proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=1800, check=False)
+  if check:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+def _sweep(recipe, out_dir, *only, settings=()):
+  args = ['tools/sweep.py', f'configs/demo/{recipe}.toml', '--out_dir', str(out_dir),
+          '--set', 'SUITE_STEPS=2', *settings]
+  for pattern in only:
+    args += ['--only', pattern]
+  return _tool(*args)
+
+
+def _plot(sweep_dir):
+  return _tool('tools/plot.py', str(sweep_dir), '--output', str(sweep_dir / 'figure.png')).stdout
+
+
+def test_scale_recipe(tmp_path):
+  _sweep('scale', tmp_path, '*-xs-genre-seed0', '*-s-genre-seed0')
+  table = _plot(tmp_path / 'demo_scale')
+  # Model and prompt tuning at two sizes, each from its run's best.json.
+  for method in ('model_tuning', 'prompt_tuning'):
+    row = next(line for line in table.splitlines() if line.startswith(f'| {method} |'))
+    assert row.count('(1)') == 2, table
+  counts = json.loads((tmp_path / 'demo_scale' / 'prompt-xs-genre-seed0' /
+                       'parameters.json').read_text())
+  assert counts == {'trained': 20 * 16, 'frozen_delta': 0, 'backbone': 1_046_848}
+  assert (tmp_path / 'demo_scale' / 'figure.png').stat().st_size > 1000
+
+
+def test_compare_recipe(tmp_path):
+  _sweep('compare', tmp_path, 'lora-genre-xs-seed0', 'bitfit-genre-xs-seed0')
+  table = _plot(tmp_path / 'demo_compare')
+  # x is what each method trains, read from the runs' parameters.json.
+  trained = {m: json.loads((tmp_path / 'demo_compare' / f'{m}-genre-xs-seed0' /
+                            'parameters.json').read_text())['trained'] for m in ('lora', 'bitfit')}
+  assert all(f'{n:,}' in table or str(n) in table for n in trained.values()), table
+  assert 'LoRA' in table and 'BitFit' in table
+
+
+def test_ipt_recipe_in_its_three_stages(tmp_path):
+  """Stage 1's source prompts but one stand in as files (prompt tuning is tested above)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / 'tools'))
+  import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+  sweep_dir = tmp_path / 'demo_ipt'
+  recipe = recipe_lib.load(str(REPO / 'configs' / 'demo' / 'ipt.toml'))
+  msf = next(r for r in recipe.runs if r.name == 'msf-d5-seed0')
+  values = {**recipe_lib.variables(recipe, {'SUITE_STEPS': '2'}), 'SWEEP_DIR': str(sweep_dir)}
+  sources = ast.literal_eval(recipe_lib.resolve(msf, values).bindings['SOURCE_PROMPTS'])
+  rng = np.random.RandomState(0)
+  for source in sources:
+    run = pathlib.Path(source).parents[1]
+    if run.name != 'prompt-same_city-seed0':  # that one trains below
+      (run / 'checkpoint_2').mkdir(parents=True)
+      np.save(source, rng.uniform(-0.5, 0.5, (20, 64)).astype('f4'))
+      (run / 'sweep_done.json').write_text('{}')  # the sweep skips it as done
+  # Prompt tuning for a seen and an unseen task (the baselines), the
+  # subspace, and intrinsic tuning on both tasks.
+  _sweep('ipt', tmp_path, 'prompt-same_city-seed0', 'prompt-genre-seed0', 'msf-d5-seed0',
+         'ist-same_city-d5-seed0', 'ist-genre-d5-seed0', settings=['--set', 'MSF_STEPS=2'])
+  found = sweep_dir / 'msf-d5-seed0' / 'checkpoint_2'
+  assert (found / 'intrinsic_decoder.npz').exists() and (found / 'intrinsic_task22.npy').exists()
+  ist = json.loads((sweep_dir / 'ist-genre-d5-seed0' / 'parameters.json').read_text())
+  assert ist['trained'] == 5  # z alone; the decoder is a frozen part of the delta
+  table = _plot(sweep_dir)
+  row = next(line for line in table.splitlines() if line.startswith('| 5 |'))
+  assert row.count('(1)') == 2, table  # seen and unseen: % of their prompt-tuning runs
