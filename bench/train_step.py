@@ -55,7 +55,7 @@ sys.path.insert(0, HERE)
 
 SYSTEMS = ('prompt', 'model', 'peft')
 # Further methods `--only` runs (bench/deltas.py compares them): gin/methods/<name>.gin.
-DELTA_METHODS = ('lora', 'ia3', 'adapters', 'bitfit', 'norm', 'prompt_lora')
+DELTA_METHODS = ('p_tuning', 'prefix', 'lora', 'ia3', 'adapters', 'bitfit', 'norm', 'prompt_lora')
 PROMPT_LENGTH = 100
 
 
