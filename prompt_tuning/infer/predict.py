@@ -96,9 +96,10 @@ def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: 
                   label_tokens: Sequence[Sequence[int]]) -> Array:
   """Index of the most likely label string per example [b].
 
-  Every example is scored against every label (ids including EOS) in one
-  batch of b * num_labels rows; ties go to the earlier label. Per-example
-  delta leaves (e.g. prompts [b, P, d], see `infer.bank`) follow their example.
+  The encoder runs once per example; the decoder then scores every label
+  (ids including EOS) against that encoding, in one batch of b * num_labels
+  rows. Ties go to the earlier label. Per-example delta leaves (e.g. prompts
+  [b, P, d], see `infer.bank`) follow their example.
   """
   labels = len(label_tokens)
   length = max(len(t) for t in label_tokens)
@@ -106,7 +107,12 @@ def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: 
   for i, ids in enumerate(label_tokens):
     targets[i, :len(ids)] = ids
   batch = encoder_input_tokens.shape[0]
-  inputs = jnp.repeat(encoder_input_tokens, labels, axis=0)
-  variables = bank_lib.repeat_examples(model.deltas, variables, labels)
-  scores = score(model, variables, inputs, jnp.tile(jnp.asarray(targets), (batch, 1)))
+  encoded = model.apply(variables, encoder_input_tokens, method=Transformer.encode)
+  targets = jnp.tile(jnp.asarray(targets), (batch, 1))  # [b * labels, length]
+  decoder_inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
+  logits = model.apply(bank_lib.repeat_examples(model.deltas, variables, labels),
+                       jnp.repeat(encoded, labels, axis=0),
+                       jnp.repeat(encoder_input_tokens, labels, axis=0), decoder_inputs,
+                       targets, method=Transformer.decode)
+  scores = sequence_scores(logits, targets)
   return jnp.argmax(scores.reshape(batch, labels), axis=-1)
