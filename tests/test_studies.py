@@ -38,13 +38,13 @@ def _plot(sweep_dir):
 
 
 def test_scale_recipe(tmp_path):
-  _sweep('scale', tmp_path, '*-xs-genre-seed0', '*-s-genre-seed0')
+  _sweep('scale', tmp_path, '*-genre-xs-seed0', '*-genre-s-seed0')
   table = _plot(tmp_path / 'demo_scale')
   # Model and prompt tuning at two sizes, each from its run's best.json.
   for method in ('model_tuning', 'prompt_tuning'):
     row = next(line for line in table.splitlines() if line.startswith(f'| {method} |'))
     assert row.count('(1)') == 2, table
-  counts = json.loads((tmp_path / 'demo_scale' / 'prompt-xs-genre-seed0' /
+  counts = json.loads((tmp_path / 'demo_scale' / 'prompt-genre-xs-seed0' /
                        'parameters.json').read_text())
   assert counts == {'trained': 20 * 16, 'frozen_delta': 0, 'backbone': 1_046_848}
   assert (tmp_path / 'demo_scale' / 'figure.png').stat().st_size > 1000
@@ -58,6 +58,8 @@ def test_compare_recipe(tmp_path):
                             'parameters.json').read_text())['trained'] for m in ('lora', 'bitfit')}
   assert all(f'{n:,}' in table or str(n) in table for n in trained.values()), table
   assert 'LoRA' in table and 'BitFit' in table
+  # The runs not selected have no parameters.json yet: listed as missing.
+  assert 'prompt-genre-xs-seed0: no run directory' in table
 
 
 def test_ipt_recipe_in_its_three_stages(tmp_path):

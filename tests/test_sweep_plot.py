@@ -471,9 +471,11 @@ def test_plot_labels_runs_with_their_trained_parameters(tmp_path):
   assert [r.labels for r in results] == [
       {'trained_parameters': 3000, 'backbone_parameters': 10_000, 'method': 'lora'},
       {'trained_parameters': 200, 'backbone_parameters': 10_000, 'method': 'prompt'}]
+  # A run not run yet has no parameters.json, so no x: listed as missing.
+  results.append(plot.Result('ia3', {'method': 'ia3'}, None, 'no run directory'))
   table = plot.aggregate(results, {'x': 'trained_parameters', 'x_scale': 'log',
                                    'series': 'method'})
-  assert table.xs == [200, 3000]
+  assert table.xs == [200, 3000] and table.missing == ['ia3: no run directory']
 
 
 STAGED_RECIPE = """

@@ -215,10 +215,14 @@ def aggregate(results: Sequence[Result], spec: Mapping[str, Any]) -> Table:
   average_over = set(spec.get('average_over') or ())
   # 1. One sample per run after removing the averaged-over labels.
   samples: Dict[Tuple, List[Result]] = {}
+  missing = [f'{r.name}: {r.source}' for r in results if r.value is None]
   for r in results:
+    if x_key not in r.labels:  # a recorded label (trained_parameters) of a run not run
+      if r.value is not None:
+        missing.append(f'{r.name}: no {x_key} (MODEL_DIR/parameters.json)')
+      continue
     key = tuple(sorted((k, _hashable(v)) for k, v in r.labels.items() if k not in average_over))
     samples.setdefault(key, []).append(r)
-  missing = [f'{r.name}: {r.source}' for r in results if r.value is None]
   cells: Dict[Tuple[Any, Any], Cell] = {}
   members: Dict[Tuple[Any, Any], List[Dict[str, Any]]] = {}
   xs: List[Any] = []
