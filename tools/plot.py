@@ -251,7 +251,9 @@ def aggregate(results: Sequence[Result], spec: Mapping[str, Any]) -> Table:
   # 2. Within a cell, only the seed should vary; anything else is mixed up.
   warnings = []
   for (s, x), labels_list in members.items():
-    for key in sorted({k for labels in labels_list for k in labels} - {'seed'}):
+    # Recorded labels (parameter counts) are absent from runs not run yet.
+    ignored = {'seed', *recipe_lib.RECORDED_LABELS} - {x_key, series_key}
+    for key in sorted({k for labels in labels_list for k in labels} - ignored):
       values = {_hashable(labels.get(key)) for labels in labels_list}
       if len(values) > 1:
         warnings.append(f'series={s!r} x={x!r} mixes {key}={sorted(map(str, values))}; '
