@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_description  # pylint: disable=g-import-not-at-top
+from common import best_time, device_description  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning.deltas import PromptTuning
 from prompt_tuning.infer import bank as bank_lib
@@ -49,16 +48,6 @@ def repeat_through_the_model(model, variables, tokens, label_tokens):
   logits = model.apply(bank_lib.repeat_examples(model.deltas, variables, labels),
                        jnp.repeat(tokens, labels, axis=0), decoder_inputs, targets)
   return jnp.argmax(sequence_scores(logits, targets).reshape(batch, labels), axis=-1)
-
-
-def _best(fn, repeats):
-  jax.block_until_ready(fn())  # compiles
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def main() -> None:
@@ -86,9 +75,9 @@ def main() -> None:
     times = {'encode_once': float('inf'), 'encode_per_label': float('inf')}
     for _ in range(2):  # alternated, so a change in load touches both
       times['encode_once'] = min(times['encode_once'],
-                                 _best(lambda: once(variables, tokens), args.repeats))
+                                 best_time(lambda: once(variables, tokens), args.repeats))
       times['encode_per_label'] = min(times['encode_per_label'],
-                                      _best(lambda: repeated(variables, tokens), args.repeats))
+                                      best_time(lambda: repeated(variables, tokens), args.repeats))
     results[f'{labels}_labels'] = {
         'seconds': {k: round(v, 4) for k, v in times.items()},
         'speedup': round(times['encode_per_label'] / times['encode_once'], 2),
