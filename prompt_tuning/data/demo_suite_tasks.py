@@ -38,13 +38,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from prompt_tuning.data import demo_world
 from prompt_tuning.data.demo_world import Person, World
 
-# The world's own sentence makers, module-private there, so that the suite's
-# text is the corpus's, paraphrases included.
-# pylint: disable=protected-access
-_document, _fact, _other_value = demo_world._document, demo_world._fact, demo_world._other_value
-_passage, _question, _rng = demo_world._passage, demo_world._question, demo_world._rng
-VALUES = demo_world._VALUES  # attribute -> its value set (e.g. the 12 cities)
-# pylint: enable=protected-access
+# The world's own sentence makers, so that the suite's text is the corpus's,
+# paraphrases included.
+from prompt_tuning.data.demo_world import VALUES  # attribute -> its value set (e.g. the 12 cities)
+from prompt_tuning.data.demo_world import document_of_kind, example_rng, fact_sentence
+from prompt_tuning.data.demo_world import other_value, passage_about_people, question_about
 
 Row = Dict
 Generator = Callable[[World, str, int], List[Row]]
@@ -106,7 +104,7 @@ def _rows(world: World, task: str, split: str, n: int,
   has a 'label' keeps it: the generation-style tasks' label is a fact of
   the person drawn, not drawn itself.
   """
-  rng = _rng(world, f'suite-{task}', split)
+  rng = example_rng(world, f'suite-{task}', split)
   rows = []
   for idx in range(n):
     label = rng.randrange(num_labels)
@@ -121,7 +119,7 @@ def _rows(world: World, task: str, split: str, n: int,
 def _passage_about(rng: random.Random, world: World, attribute: str) -> Tuple[str, Person]:
   """A passage of 2-3 people and one of them whose `attribute` it states."""
   while True:
-    passage, stated = _passage(rng, world)
+    passage, stated = passage_about_people(rng, world)
     people = [person for person, a in stated if a == attribute]
     if people:
       return passage, rng.choice(people)
@@ -142,7 +140,7 @@ def _claimed(rng: random.Random, person: Person, attribute: str, truth: bool) ->
   """`person`, or a copy with another value of `attribute` when the claim is false."""
   if truth:
     return person
-  other = _other_value(rng, person, attribute)
+  other = other_value(rng, person, attribute)
   return dataclasses.replace(person, **{attribute: other})
 
 
@@ -150,7 +148,7 @@ def yes_no(world: World, split: str, n: int, attribute: str) -> List[Row]:
   """Closed-book {'question'}: 'does Anna live in Paris?' about the split's people."""
   people = people_of(world, split)
   def make(rng, label):
-    question = _question(rng, rng.choice(people), attribute, bool(label))
+    question = question_about(rng, rng.choice(people), attribute, bool(label))
     return {'question': question}, None
   return _rows(world, f'{attribute}_yes_no', split, n, make)
 
@@ -159,7 +157,7 @@ def passage_yes_no(world: World, split: str, n: int, attribute: str) -> List[Row
   """{'passage', 'question'}: the question about a fact the passage states."""
   def make(rng, label):
     passage, person = _passage_about(rng, world, attribute)
-    question = _question(rng, person, attribute, bool(label))
+    question = question_about(rng, person, attribute, bool(label))
     return {'passage': passage, 'question': question}, passage + question
   return _rows(world, f'{attribute}_passage_yes_no', split, n, make)
 
@@ -169,7 +167,7 @@ def entailment(world: World, split: str, n: int, attribute: str) -> List[Row]:
   def make(rng, label):
     premise, person = _passage_about(rng, world, attribute)
     claimed = _claimed(rng, person, attribute, truth=label == 0)
-    hypothesis = _fact(rng, claimed, attribute, pronoun=False)
+    hypothesis = fact_sentence(rng, claimed, attribute, pronoun=False)
     return {'premise': premise, 'hypothesis': hypothesis}, premise + hypothesis
   return _rows(world, f'{attribute}_entailment', split, n, make)
 
@@ -250,7 +248,7 @@ def same_city(world: World, split: str, n: int) -> List[Row]:
     facts = []
     for p in (person, other, third):
       for a in ('city', rng.choice(('job', 'pet', 'colour'))):
-        facts.append(_fact(rng, p, a, pronoun=False))
+        facts.append(fact_sentence(rng, p, a, pronoun=False))
     rng.shuffle(facts)
     pair = [person.name, other.name]
     rng.shuffle(pair)
@@ -264,7 +262,7 @@ def same_city(world: World, split: str, n: int) -> List[Row]:
 def genre(world: World, split: str, n: int) -> List[Row]:
   """{'text'}: one document, label its index in GENRES (demo_world_genre's task)."""
   def make(rng, label):
-    text = _document(rng, world, demo_world.GENRES[label])
+    text = document_of_kind(rng, world, demo_world.GENRES[label])
     return {'text': text}, text
   return _rows(world, 'genre', split, n, make, num_labels=len(demo_world.GENRES))
 

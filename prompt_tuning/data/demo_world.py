@@ -129,10 +129,10 @@ _QUESTIONS = {
 }
 _ANSWERS = {True: ('Yes, {p} does.', 'Yes.', 'Yes, that is right.'),
             False: ('No, {p} does not.', 'No.', 'No, that is wrong.')}
-_VALUES = {'city': CITIES, 'job': JOBS, 'pet': PETS, 'colour': COLOURS}
+VALUES = {'city': CITIES, 'job': JOBS, 'pet': PETS, 'colour': COLOURS}
 
 
-def _fact(rng: random.Random, person: Person, attribute: str, pronoun: bool) -> str:
+def fact_sentence(rng: random.Random, person: Person, attribute: str, pronoun: bool) -> str:
   subject = person.pronoun if pronoun else person.name
   template = rng.choice(_FACTS[attribute])
   if pronoun and not template.startswith('{n}'):
@@ -149,16 +149,16 @@ def _profile(rng: random.Random, person: Person, max_facts: int = 4
     (sentences, the attributes they state).
   """
   attributes = rng.sample(ATTRIBUTES, rng.randint(2, max_facts))
-  return [_fact(rng, person, a, pronoun=i > 0 and rng.random() < 0.6)
+  return [fact_sentence(rng, person, a, pronoun=i > 0 and rng.random() < 0.6)
           for i, a in enumerate(attributes)], attributes
 
 
-def _other_value(rng: random.Random, person: Person, attribute: str) -> str:
-  return rng.choice([v for v in _VALUES[attribute] if v != person.value(attribute)])
+def other_value(rng: random.Random, person: Person, attribute: str) -> str:
+  return rng.choice([v for v in VALUES[attribute] if v != person.value(attribute)])
 
 
-def _question(rng: random.Random, person: Person, attribute: str, truth: bool) -> str:
-  value = person.value(attribute) if truth else _other_value(rng, person, attribute)
+def question_about(rng: random.Random, person: Person, attribute: str, truth: bool) -> str:
+  value = person.value(attribute) if truth else other_value(rng, person, attribute)
   return rng.choice(_QUESTIONS[attribute]).format(n=person.name, v=value)
 
 
@@ -167,7 +167,7 @@ _KIND_HEADINGS = ('A {kind}: ', 'The {kind}: ')
 _KIND_ENDINGS = (' This is a {kind}.', ' That was a {kind}.', ' (a {kind})')
 
 
-def _document(rng: random.Random, world: World, kind: str) -> str:
+def document_of_kind(rng: random.Random, world: World, kind: str) -> str:
   """A document of `kind` (one of GENRES or 'faq'), not naming its kind."""
   person = rng.choice(world.people)
   if kind == 'profile':
@@ -197,27 +197,27 @@ def _document(rng: random.Random, world: World, kind: str) -> str:
                  f'Come and visit me in {person.city} soon.',
                  f'Your friend, {person.name}']
   elif kind == 'quiz':  # a reading exercise: facts, then questions on them
-    passage, stated = _passage(rng, world)
+    passage, stated = passage_about_people(rng, world)
     sentences = [passage]
     for person, attribute in rng.sample(stated, min(len(stated), rng.randint(1, 3))):
       truth = rng.random() < 0.5
       answer = rng.choice(('yes.', 'Yes.') if truth else ('no.', 'No.'))
-      sentences += [_question(rng, person, attribute, truth), answer]
+      sentences += [question_about(rng, person, attribute, truth), answer]
   else:  # faq
     sentences = []
     for _ in range(rng.randint(2, 4)):
       attribute, truth = rng.choice(ATTRIBUTES), rng.random() < 0.5
-      question = _question(rng, person, attribute, truth)
+      question = question_about(rng, person, attribute, truth)
       answer = rng.choice(_ANSWERS[truth]).format(p=person.pronoun)
       if not truth and rng.random() < 0.5:
-        answer += ' ' + _fact(rng, person, attribute, pronoun=True)
+        answer += ' ' + fact_sentence(rng, person, attribute, pronoun=True)
       if rng.random() < 0.5:  # half the askers write in lower case, as on the web
         question = question[0].upper() + question[1:]
       sentences += [question, answer]
   return ' '.join(sentences)
 
 
-def _rng(world: World, purpose: str, split: str) -> random.Random:
+def example_rng(world: World, purpose: str, split: str) -> random.Random:
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; one of {SPLITS}.')
   return random.Random(f'demo-world-{world.seed}-{purpose}-{split}')
@@ -225,11 +225,11 @@ def _rng(world: World, purpose: str, split: str) -> random.Random:
 
 def corpus(world: World, split: str, num_documents: int) -> List[str]:
   """`num_documents` documents (strings of 3-12 sentences) about `world`."""
-  rng = _rng(world, 'corpus', split)
+  rng = example_rng(world, 'corpus', split)
   documents = []
   for _ in range(num_documents):
     kind = rng.choice(('profile', 'story', 'letter', 'faq', 'quiz', 'quiz'))
-    text = _document(rng, world, kind)
+    text = document_of_kind(rng, world, kind)
     if rng.random() < 0.5:
       if rng.random() < 0.5:
         text = rng.choice(_KIND_HEADINGS).format(kind=kind) + text
@@ -239,7 +239,7 @@ def corpus(world: World, split: str, num_documents: int) -> List[str]:
   return documents
 
 
-def _passage(rng: random.Random, world: World) -> Tuple[str, List[Tuple[Person, str]]]:
+def passage_about_people(rng: random.Random, world: World) -> Tuple[str, List[Tuple[Person, str]]]:
   """2-3 facts about each of 2-3 people: (text, the stated (person, attribute) pairs)."""
   sentences, stated = [], []
   for person in rng.sample(world.people, rng.randint(2, 3)):
@@ -252,10 +252,10 @@ def _passage(rng: random.Random, world: World) -> Tuple[str, List[Tuple[Person, 
 def _claims(world: World, purpose: str, split: str, num_examples: int,
             make: Callable[[random.Random, str, Person, str, bool], Dict]) -> List[Dict]:
   """`make(rng, passage, person, attribute, truth)` for random stated facts, with 'idx'."""
-  rng = _rng(world, purpose, split)
+  rng = example_rng(world, purpose, split)
   examples = []
   for idx in range(num_examples):
-    passage, stated = _passage(rng, world)
+    passage, stated = passage_about_people(rng, world)
     person, attribute = rng.choice(stated)
     examples.append({**make(rng, passage, person, attribute, rng.random() < 0.5),
                      'idx': idx})
@@ -265,7 +265,7 @@ def _claims(world: World, purpose: str, split: str, num_examples: int,
 def boolq_examples(world: World, split: str, num_examples: int) -> List[Dict]:
   """BoolQ-like: {'passage', 'question', 'label' (1 = yes), 'idx'}."""
   def make(rng, passage, person, attribute, truth):
-    return {'passage': passage, 'question': _question(rng, person, attribute, truth),
+    return {'passage': passage, 'question': question_about(rng, person, attribute, truth),
             'label': int(truth)}
   return _claims(world, 'boolq', split, num_examples, make)
 
@@ -274,8 +274,8 @@ def rte_examples(world: World, split: str, num_examples: int) -> List[Dict]:
   """RTE-like: {'premise', 'hypothesis', 'label' (0 = entailment), 'idx'}."""
   def make(rng, passage, person, attribute, truth):
     claimed = person if truth else dataclasses.replace(
-        person, **{attribute: _other_value(rng, person, attribute)})
-    return {'premise': passage, 'hypothesis': _fact(rng, claimed, attribute, pronoun=False),
+        person, **{attribute: other_value(rng, person, attribute)})
+    return {'premise': passage, 'hypothesis': fact_sentence(rng, claimed, attribute, pronoun=False),
             'label': 0 if truth else 1}
   return _claims(world, 'rte', split, num_examples, make)
 
@@ -289,19 +289,19 @@ def kind_pair_examples(world: World, split: str, num_examples: int, kinds: Tuple
   """
   if len(kinds) != 2 or not set(kinds) <= set(GENRES) or kinds[0] == kinds[1]:
     raise ValueError(f'kinds must be two different kinds of {GENRES}, got {kinds}.')
-  rng = _rng(world, f'genre_{kinds[0]}_{kinds[1]}', split)
+  rng = example_rng(world, f'genre_{kinds[0]}_{kinds[1]}', split)
   examples = []
   for idx in range(num_examples):
     label = rng.randrange(2)
-    examples.append({'text': _document(rng, world, kinds[label]), 'label': label, 'idx': idx})
+    examples.append({'text': document_of_kind(rng, world, kinds[label]), 'label': label, 'idx': idx})
   return examples
 
 
 def genre_examples(world: World, split: str, num_examples: int) -> List[Dict]:
   """Genre classification, one document: {'text', 'label' (index in GENRES), 'idx'}."""
-  rng = _rng(world, 'genre', split)
+  rng = example_rng(world, 'genre', split)
   examples = []
   for idx in range(num_examples):
     label = rng.randrange(len(GENRES))
-    examples.append({'text': _document(rng, world, GENRES[label]), 'label': label, 'idx': idx})
+    examples.append({'text': document_of_kind(rng, world, GENRES[label]), 'label': label, 'idx': idx})
   return examples

@@ -64,7 +64,6 @@ from prompt_tuning.deltas import base
 from prompt_tuning.deltas import initializers
 from prompt_tuning.deltas import multitask
 from prompt_tuning.deltas import records
-from prompt_tuning.deltas.multitask import _check_task_index  # the marker's error message
 from prompt_tuning.deltas.p_tuning import StandardNormal
 from prompt_tuning.deltas.prompt import PromptTuning
 from prompt_tuning.model import checkpoints
@@ -217,7 +216,7 @@ class SubspaceFindingModule(nn.Module):
     weights = _weights(self, name, shapes, torch_linear)
     reconstructed = decode(weights, encode(weights, sources), length)  # [T, P, d]
     if spec.check_task_index and not self.is_mutable_collection(name):
-      jax.debug.callback(_check_task_index, task_index, num_tasks, spec.marker_base)
+      jax.debug.callback(multitask.check_task_index, task_index, num_tasks, spec.marker_base)
     task_index = jnp.clip(task_index, 0, num_tasks - 1)
     error = jnp.mean(jnp.square(reconstructed - sources), axis=(1, 2))  # [T]
     base.sow_auxiliary_loss(self, 'reconstruction', spec.alpha * error[task_index])

@@ -122,7 +122,7 @@ class MultiTaskPromptModule(nn.Module):
                        f'{shapes["shared"]}.')
     if spec.check_task_index and not self.is_mutable_collection(spec.name):
       # Not while the variables are created: initialization runs on dummy tokens.
-      jax.debug.callback(_check_task_index, task_index, spec.num_tasks, spec.marker_base)
+      jax.debug.callback(check_task_index, task_index, spec.num_tasks, spec.marker_base)
     task_index = jnp.clip(task_index, 0, spec.num_tasks - 1)
     banked = shared.ndim == 3
     rows = jnp.arange(task_index.shape[0])
@@ -260,7 +260,8 @@ class MultiTaskPrompt(base.Delta):
     return cls(init=NotRecorded(config.get('init', '')), **fields)
 
 
-def _check_task_index(index: np.ndarray, num_tasks: int, marker_base: int) -> None:
+def check_task_index(index: np.ndarray, num_tasks: int, marker_base: int) -> None:
+  """Raises if a task index [batch] (from the first input token) is outside the tasks."""
   index = np.asarray(index)
   bad = index[(index < 0) | (index >= num_tasks)]
   if bad.size:
@@ -271,4 +272,4 @@ def _check_task_index(index: np.ndarray, num_tasks: int, marker_base: int) -> No
 
 
 __all__ = ['COMBINATIONS', 'MultiTaskPrompt', 'MultiTaskPromptModule', 'T5_FIRST_SENTINEL',
-           'combined_prompts']
+           'check_task_index', 'combined_prompts']
