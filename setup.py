@@ -41,6 +41,9 @@ EXTRAS_REQUIRE = {
         # README test command) for byte-level parity of the task formats; its
         # preprocessors need babel.
         "babel",
+        # The T5 library's metric functions (tests/test_t5_library_metrics.py)
+        # compute F1 with scikit-learn.
+        "scikit-learn",
     ],
 }
 

@@ -61,10 +61,10 @@ def test_multirc_groups_by_question():
   assert predictions[4] == {'value': -1}
   # F1a over all answers: tp 2, fp 1 (question 12), fn 1 (question 11) -> 4/6.
   assert metrics.multirc_f1_over_all_answers(targets, predictions) == {
-      'f1a': pytest.approx(400 / 6)}
+      'f1': pytest.approx(400 / 6)}
   # EM: only question 10 is all right -> 1/3.
   assert metrics.multirc_exact_match(targets, predictions) == {
-      'em': pytest.approx(100 / 3)}
+      'exact_match': pytest.approx(100 / 3)}
 
 
 def test_squad_normalisation():
@@ -149,7 +149,7 @@ def test_super_glue_average():
   # Task means 80, (70 + 90) / 2 = 80, (60 + 20) / 2 = 40; axb has none.
   results = {'boolq': {'accuracy': 80.0},
              'cb': {'mean_3class_f1': 70.0, 'accuracy': 90.0},
-             'multirc': {'f1a': 60.0, 'em': 20.0},
+             'multirc': {'f1': 60.0, 'exact_match': 20.0},
              'axb': {}}
   assert metrics.super_glue_average(results) == pytest.approx(200 / 3)
   with pytest.raises(ValueError):

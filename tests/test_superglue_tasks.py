@@ -303,7 +303,7 @@ def test_seqio_evaluator_end_to_end(monkeypatch):
   # MultiRC: answers True/False of one question, both predicted True:
   # tp 1, fp 1 -> F1a 2/3; the question is not all right -> EM 0.
   assert evaluate('super_glue_multirc_v102', ['True', 'True'], monkeypatch) == {
-      'f1a': pytest.approx(200 / 3), 'em': 0.0}
+      'f1': pytest.approx(200 / 3), 'exact_match': 0.0}
   # ReCoRD, sentinel form: the sentinel is stripped; query 1 is predicted by
   # its first copy ('the Lions' normalises to 'lions'), the second is ignored.
   assert evaluate('taskless_super_glue_record_v102_sentinel',

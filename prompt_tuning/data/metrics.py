@@ -11,7 +11,7 @@ T5 reports them:
 | MRPC, QQP | `f1` (positive class; an invalid prediction counts as wrong), `accuracy` |
 | CoLA | `matthews_corrcoef` |
 | STS-B | `pearson_corrcoef`, `spearman_corrcoef` |
-| MultiRC | `f1a` (F1 over all answers), `em` (exact match of all answers of a question, averaged over questions) |
+| MultiRC | `f1` (F1 over all answers, T5's F1a), `exact_match` (all answers of a question right, averaged over questions: T5's EM) |
 | ReCoRD | `em`, `f1` (SQuAD-normalised, max over the gold answers, one prediction per query) |
 
 Predictions that are not a class name arrive as -1 and are always wrong.
@@ -109,21 +109,22 @@ def spearman_corrcoef(targets, predictions) -> Dict[str, float]:
 def multirc_f1_over_all_answers(targets: Sequence[Mapping[str, Any]],
                                 predictions: Sequence[Mapping[str, Any]]
                                 ) -> Dict[str, float]:
-  """F1a: binary F1 over every answer option of every question."""
-  f1 = f1_score_with_invalid([t['value'] for t in targets],
-                             [p['value'] for p in predictions])['f1']
-  return {'f1a': f1}
+  """F1a: binary F1 over every answer option of every question, as T5 names it (`f1`)."""
+  return f1_score_with_invalid([t['value'] for t in targets], [p['value'] for p in predictions])
 
 
 def multirc_exact_match(targets: Sequence[Mapping[str, Any]],
                         predictions: Sequence[Mapping[str, Any]]
                         ) -> Dict[str, float]:
-  """EM: a question counts when all its answers are right; mean over questions."""
+  """EM: a question counts when all its answers are right; mean over questions.
+
+  Named `exact_match` as T5's `mean_group_metric(all_match)` names it.
+  """
   _check_lengths(targets, predictions)
   groups = collections.defaultdict(list)
   for t, p in zip(targets, predictions):
     groups[t['group']].append(t['value'] == p['value'])
-  return {'em': 100 * float(np.mean([all(v) for v in groups.values()]))}
+  return {'exact_match': 100 * float(np.mean([all(v) for v in groups.values()]))}
 
 
 # ------------------------------------------------------- SQuAD and ReCoRD --
