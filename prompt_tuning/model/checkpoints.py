@@ -53,11 +53,26 @@ def fingerprint(params: Dict[str, Any], sample: int = 4096) -> str:
   """
   digest = hashlib.sha256()
   for path, value in sorted(flatten_dict(params, sep='/').items()):
-    flat = np.asarray(value, np.float32).reshape(-1)
-    stride = max(1, flat.size // sample)
+    stride = max(1, int(np.prod(np.shape(value))) // sample)
     digest.update(f'{path}:{tuple(np.shape(value))};'.encode())
-    digest.update(np.ascontiguousarray(flat[::stride][:sample]).tobytes())
+    digest.update(np.ascontiguousarray(_sampled(value, stride, sample)).tobytes())
   return digest.hexdigest()[:16]
+
+
+def _sampled(value: Any, stride: int, sample: int) -> np.ndarray:
+  """Every `stride`-th value of the flattened array, the first `sample` of them, float32.
+
+  A placed jax.Array is sampled on its devices and only the sample comes to
+  the host (the whole array may not fit, or live on other hosts).
+  """
+  if isinstance(value, jax.Array):
+    mesh = getattr(value.sharding, 'mesh', None)
+    replicated = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+                  if mesh is not None else None)
+    take = jax.jit(lambda x: x.astype(np.float32).reshape(-1)[::stride][:sample],
+                   out_shardings=replicated)
+    return np.asarray(take(value))
+  return np.asarray(value, np.float32).reshape(-1)[::stride][:sample]
 
 
 class FingerprintMismatchError(ValueError):
@@ -337,3 +352,67 @@ def read_delta(path: str) -> Dict[str, Any]:
   variables = flatten_dict(state.get('frozen_delta', {}))
   variables.update(flatten_dict(state['trainable']))
   return unflatten_dict(variables)
+
+
+def _key_path(path: Any) -> str:
+  return '/'.join(_key_name(k) for k in path)
+
+
+def restore_pytree(directory: str, wanted: Any, shardings: Optional[Any] = None) -> Any:
+  """Part of an Orbax pytree checkpoint, floats as float32.
+
+  Args:
+    directory: the item's directory (`checkpoint_<step>/state`).
+    wanted: the part to read: nested dicts of the checkpoint's own metadata
+      leaves (Orbax's `metadata(...)` tree, pruned).
+    shardings: nested dicts of `jax.sharding.Sharding`s by the same paths,
+      for some or all leaves; those leaves come back as global jax.Arrays
+      that each process restores only its own shards of (Orbax reads by
+      region through tensorstore), the others as whole numpy.
+  """
+  flat_shardings = {_key_path(p): s for p, s in
+                    jax.tree_util.tree_flatten_with_path(shardings or {})[0]}
+
+  def args_for(path, meta):
+    sharding = flat_shardings.get(_key_path(path))
+    if sharding is None:
+      return ocp.RestoreArgs(restore_type=np.ndarray)
+    return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=tuple(meta.shape),
+                                dtype=np.float32)
+
+  restore_args = jax.tree_util.tree_map_with_path(args_for, wanted)
+  tree = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True))
+  as_float = lambda x: (x if isinstance(x, jax.Array) or np.asarray(x).dtype.kind in 'iub'
+                        else np.asarray(x, np.float32))
+  return jax.tree_util.tree_map(as_float, tree)
+
+
+def state_metadata(directory: str) -> Dict[str, Any]:
+  """The metadata tree of an Orbax pytree item (nested dicts of array metadata)."""
+  saved = ocp.PyTreeCheckpointer().metadata(directory)
+  saved = getattr(saved, 'item_metadata', saved)
+  return _plain(getattr(saved, 'tree', saved))
+
+
+def _plain(tree: Any) -> Any:
+  """Nested dicts (Orbax may hand back FrozenDicts or other mappings)."""
+  if hasattr(tree, 'items'):
+    return {k: _plain(v) for k, v in tree.items()}
+  return tree
+
+
+def read_params(path: str, shardings: Optional[Any] = None) -> Optional[Dict[str, Any]]:
+  """The trained `params` of a checkpoint (pretrain, LM adaptation, model tuning), or None.
+
+  Whole float32 numpy, or with `shardings` (a tree like the params) global
+  jax.Arrays restored shard by shard (`restore_pytree`).
+  """
+  directory = os.path.join(resolve_checkpoint(path), 'state')
+  metadata = state_metadata(directory)
+  params = metadata.get('trainable', {}).get('params')
+  if params is None:
+    return None
+  restored = restore_pytree(directory, {'trainable': {'params': params}},
+                            {'trainable': {'params': shardings}} if shardings else None)
+  return restored['trainable']['params']

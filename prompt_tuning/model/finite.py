@@ -41,11 +41,16 @@ def check_finite(tree: Any, source: str) -> None:
   """
   flat = flatten_dict(tree, sep='/') if isinstance(tree, Mapping) else {'': tree}
   bad = {path: count for path, value in flat.items() if (count := non_finite_count(value))}
+  report_non_finite(bad, {path: np.size(flat[path]) for path in bad}, source)
+
+
+def report_non_finite(bad: Mapping[str, int], sizes: Mapping[str, int], source: str) -> None:
+  """Raises NonFiniteError for {path: non-finite count} (nothing when it is empty)."""
   if bad:
-    listing = ', '.join(f'{path or "the array"}: {count} of {np.size(flat[path])}'
+    listing = ', '.join(f'{path or "the array"}: {count} of {sizes[path]}'
                         for path, count in sorted(bad.items()))
     raise NonFiniteError(f'{source} holds NaN or infinite values ({listing}); the file is '
                          'damaged or was saved from a diverged run: use another one.')
 
 
-__all__ = ['NonFiniteError', 'check_finite', 'non_finite_count']
+__all__ = ['NonFiniteError', 'check_finite', 'non_finite_count', 'report_non_finite']

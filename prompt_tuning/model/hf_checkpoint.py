@@ -15,12 +15,14 @@ folder becomes an untied `logits_dense` equal to the embedding, which keeps
 the numerics. An untied head with scaling (no T5X counterpart) gets the
 factor folded into `logits_dense`.
 """
+import functools
 import json
 import os
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from prompt_tuning.model import shard_reads
 from prompt_tuning.model.config import T5Config
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
@@ -113,29 +115,28 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
           'relative_attention_max_distance', 128))
 
 
-def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+def open_safetensors(path: str) -> Dict[str, shard_reads.LazyArray]:
+  """{tensor name: LazyArray} of a safetensors file: the header only is read.
+
+  A region is read with `safe_open(...).get_slice(name)[region]`: just those
+  bytes of the file, in the stored dtype (bfloat16 included).
+  """
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  out = {}
+
+  def read(name, region):
+    with safe_open(path, framework='np') as f:
+      return f.get_slice(name)[region]
+
   with safe_open(path, framework='np') as f:
-    for name in f.keys():
-      if f.get_slice(name).get_dtype() == 'BF16':
-        out[name] = None  # numpy has no bfloat16; read below.
-      else:
-        out[name] = f.get_tensor(name).astype(np.float32)
-  bf16 = [name for name, value in out.items() if value is None]
-  if bf16:
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
-    # safetensors layout: u64 header size, JSON header, then the raw buffer.
-    with open(path, 'rb') as f:
-      size = int.from_bytes(f.read(8), 'little')
-      header = json.loads(f.read(size))
-      base = 8 + size
-      for name in bf16:
-        begin, end = header[name]['data_offsets']
-        f.seek(base + begin)
-        raw = np.frombuffer(f.read(end - begin), dtype=ml_dtypes.bfloat16)
-        out[name] = raw.reshape(header[name]['shape']).astype(np.float32)
-  return out
+    return {name: shard_reads.LazyArray(tuple(f.get_slice(name).get_shape()),
+                                        functools.partial(read, name))
+            for name in f.keys()}
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """Every tensor of a safetensors file, whole, as float32 numpy."""
+  return {name: shard_reads.as_float32(leaf.read(shard_reads.full_region(leaf.shape)))
+          for name, leaf in open_safetensors(path).items()}
 
 
 def read_torch(path: str) -> Dict[str, np.ndarray]:
@@ -149,23 +150,28 @@ def read_torch(path: str) -> Dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
-def _read_weights(folder: str) -> Dict[str, np.ndarray]:
-  """All tensors of an HF folder as float32, preferring safetensors."""
-  for name, reader in ((SAFETENSORS_NAME, read_safetensors),
-                       (SAFETENSORS_INDEX_NAME, read_safetensors),
-                       (TORCH_NAME, read_torch),
-                       (TORCH_INDEX_NAME, read_torch)):
+def _open_torch(path: str) -> Dict[str, shard_reads.LazyArray]:
+  # A pickle cannot be read by parts: it is read whole, whatever the sharding.
+  return {k: shard_reads.in_memory(v) for k, v in read_torch(path).items()}
+
+
+def _open_weights(folder: str) -> Dict[str, shard_reads.LazyArray]:
+  """All tensors of an HF folder as LazyArrays, preferring safetensors."""
+  for name, opener in ((SAFETENSORS_NAME, open_safetensors),
+                       (SAFETENSORS_INDEX_NAME, open_safetensors),
+                       (TORCH_NAME, _open_torch),
+                       (TORCH_INDEX_NAME, _open_torch)):
     path = os.path.join(folder, name)
     if not os.path.exists(path):
       continue
     try:
       if not name.endswith('.index.json'):
-        return reader(path)
+        return opener(path)
       with open(path) as f:
         files = sorted(set(json.load(f)['weight_map'].values()))
       weights = {}
       for shard in files:
-        weights.update(reader(os.path.join(folder, shard)))
+        weights.update(opener(os.path.join(folder, shard)))
       return weights
     except CheckpointError:
       raise
@@ -175,6 +181,91 @@ def _read_weights(folder: str) -> Dict[str, np.ndarray]:
   found = sorted(os.listdir(folder))
   raise CheckpointError(f'{folder} has no weights: expected one of '
                         f'{list(WEIGHT_NAMES)}, found {found}')
+
+
+def _transposed(leaf: shard_reads.LazyArray) -> shard_reads.LazyArray:
+  """[out, in] stored -> [in, out]: a region is read transposed from the file."""
+  return shard_reads.LazyArray(
+      leaf.shape[::-1],
+      lambda region: shard_reads.as_float32(leaf.read(tuple(region[::-1]))).T)
+
+
+def _scaled(leaf: shard_reads.LazyArray, factor: np.float32) -> shard_reads.LazyArray:
+  return shard_reads.LazyArray(
+      leaf.shape, lambda region: shard_reads.as_float32(leaf.read(region)) * factor)
+
+
+def _equal(a: shard_reads.LazyArray, b: Optional[shard_reads.LazyArray]) -> bool:
+  """Whether two stored tensors hold the same values, compared 64 MiB of rows at a time."""
+  if b is None or a.shape != b.shape:
+    return False
+  rows = max(1, (64 << 20) // max(1, a.nbytes // max(1, a.shape[0])))
+  for start in range(0, a.shape[0], rows):
+    region = (slice(start, min(start + rows, a.shape[0])),) + tuple(
+        slice(0, n) for n in a.shape[1:])
+    if not np.array_equal(shard_reads.as_float32(a.read(region)),
+                          shard_reads.as_float32(b.read(region))):
+      return False
+  return True
+
+
+def open_hf_t5(path: str) -> Tuple[T5Config, Dict[str, Any]]:
+  """A Hugging Face T5 folder as a T5X tree of LazyArrays; only headers are read.
+
+  `shard_reads.read_whole` reads the tree whole, `shard_reads.place` shard by
+  shard (safetensors; a PyTorch pickle is read whole either way).
+
+  Raises:
+    CheckpointError: naming missing, unknown or misshapen tensors.
+  """
+  config_path = os.path.join(path, CONFIG_NAME)
+  try:
+    with open(config_path) as f:
+      hf = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'cannot read Hugging Face config {config_path}: '
+                          f'{e}') from e
+  config = config_from_hf(hf, config_path)
+  weights = _open_weights(path)
+  names = hf_names(config)
+  if 'shared.weight' not in weights:  # Some exporters keep only a copy.
+    for name in _REDUNDANT:
+      if name in weights:
+        weights['shared.weight'] = weights[name]
+        break
+  embedding = weights.get('shared.weight')
+  lm_head = weights.pop('lm_head.weight', None)
+  for name in _REDUNDANT:
+    copy = weights.pop(name, None)
+    if copy is not None and copy is not embedding and not _equal(copy, embedding):
+      raise CheckpointError(f'{path}: {name} differs from shared.weight; '
+                            'T5 shares one embedding table')
+  for name in _UNUSED:
+    weights.pop(name, None)
+
+  missing = sorted(set(names) - set(weights))
+  unknown = sorted(set(weights) - set(names))
+  if missing or unknown:
+    raise CheckpointError(
+        f'{path} does not match its config.json ({config}):\n'
+        f'  missing tensors: {missing}\n  unknown tensors: {unknown}')
+  flat = {}
+  for name, (t5x_path, transposed) in names.items():
+    flat[t5x_path] = _transposed(weights[name]) if transposed else weights[name]
+
+  scaled = hf.get('scale_decoder_outputs',
+                  hf.get('tie_word_embeddings', True) is not False)
+  tied = lm_head is None or _equal(lm_head, embedding)
+  if tied and scaled:
+    config = config.replace(logits_via_embedding=True)
+  else:
+    kernel = _transposed(embedding if lm_head is None else lm_head)
+    if scaled:  # An untied head with HF's 1/sqrt(d): fold the factor in.
+      kernel = _scaled(kernel, np.float32(config.emb_dim**-0.5))
+    flat['decoder/logits_dense/kernel'] = kernel
+  params = unflatten_tree(flat)
+  check_params(config, params, path)
+  return config, params
 
 
 def read_hf_t5(path: str) -> Tuple[T5Config, Dict[str, Any]]:
@@ -189,57 +280,10 @@ def read_hf_t5(path: str) -> Tuple[T5Config, Dict[str, Any]]:
     encoder/layers_0/attention/query/kernel [embed, heads * head_dim].
 
   Raises:
-    CheckpointError: naming missing, unknown or misshapen tensors.
+    CheckpointError: naming missing, unknown, misshapen or unreadable tensors.
   """
-  config_path = os.path.join(path, CONFIG_NAME)
-  try:
-    with open(config_path) as f:
-      hf = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f'cannot read Hugging Face config {config_path}: '
-                          f'{e}') from e
-  config = config_from_hf(hf, config_path)
-  weights = _read_weights(path)
-  names = hf_names(config)
-  if 'shared.weight' not in weights:  # Some exporters keep only a copy.
-    for name in _REDUNDANT:
-      if name in weights:
-        weights['shared.weight'] = weights[name]
-        break
-  embedding = weights.get('shared.weight')
-  lm_head = weights.pop('lm_head.weight', None)
-  for name in _REDUNDANT:
-    copy = weights.pop(name, None)
-    if copy is not None and not np.array_equal(copy, embedding):
-      raise CheckpointError(f'{path}: {name} differs from shared.weight; '
-                            'T5 shares one embedding table')
-  for name in _UNUSED:
-    weights.pop(name, None)
-
-  missing = sorted(set(names) - set(weights))
-  unknown = sorted(set(weights) - set(names))
-  if missing or unknown:
-    raise CheckpointError(
-        f'{path} does not match its config.json ({config}):\n'
-        f'  missing tensors: {missing}\n  unknown tensors: {unknown}')
-  flat = {}
-  for name, (t5x_path, transposed) in names.items():
-    flat[t5x_path] = weights[name].T if transposed else weights[name]
-
-  scaled = hf.get('scale_decoder_outputs',
-                  hf.get('tie_word_embeddings', True) is not False)
-  tied = lm_head is None or np.array_equal(lm_head, embedding)
-  if tied and scaled:
-    config = config.replace(logits_via_embedding=True)
-  else:
-    kernel = (embedding if lm_head is None else lm_head).T
-    if scaled:  # An untied head with HF's 1/sqrt(d): fold the factor in.
-      kernel = kernel * np.float32(config.emb_dim**-0.5)
-    flat['decoder/logits_dense/kernel'] = kernel
-  params = unflatten_tree(
-      {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()})
-  check_params(config, params, path)
-  return config, params
+  config, lazy = open_hf_t5(path)
+  return config, shard_reads.read_whole(lazy, path)
 
 
 def write_hf_t5(config: T5Config, params: Mapping[str, Any],

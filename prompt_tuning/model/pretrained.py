@@ -25,11 +25,9 @@ import posixpath
 import re
 from typing import Any, Dict, List, Tuple
 
-import jax
-import numpy as np
-
 from prompt_tuning.model import checkpoints
 from prompt_tuning.model import hf_checkpoint
+from prompt_tuning.model import shard_reads
 from prompt_tuning.model import t5x_checkpoint
 from prompt_tuning.model import t5x_orbax
 from prompt_tuning.model.config import T5Config
@@ -133,16 +131,22 @@ def _detect(path: str, model_dir_ok: bool) -> Tuple[str, str]:
       f'expected {ACCEPTED}')
 
 
-def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
+def load_pretrained(path: str, shardings: Any = None) -> Tuple[T5Config, Dict[str, Any]]:
   """Loads a pretrained T5 from a legacy T5X checkpoint or an HF folder.
 
   Args:
     path: see the module docstring for what is accepted.
+    shardings: None: every array is read whole into this process (tools,
+      export). A tree like the params of `jax.sharding.Sharding`s (e.g.
+      `Partitioner.variable_shardings(...)['params']`): every array comes as
+      a global jax.Array, and each process reads only the regions its own
+      devices hold (legacy T5X zarr through tensorstore, safetensors by
+      slice, Orbax by its sharded restore; a PyTorch pickle is read whole).
 
   Returns:
     (config, params): the configuration read from (or implied by) the
-    checkpoint, and the T5X parameter tree as float32 numpy arrays, e.g.
-    token_embedder/embedding [vocab, embed].
+    checkpoint, and the T5X parameter tree as float32 arrays (numpy, or
+    jax.Arrays with `shardings`), e.g. token_embedder/embedding [vocab, embed].
 
   Raises:
     CheckpointError: the path holds nothing loadable, or its arrays are
@@ -151,37 +155,50 @@ def load_pretrained(path: str) -> Tuple[T5Config, Dict[str, Any]]:
   """
   kind, resolved = detect_format(path)
   if kind in ('t5x', 't5x_orbax'):
-    params, _ = read_t5x_target(kind, resolved)
+    params, _ = read_t5x_target(kind, resolved, shardings)
     config = t5x_checkpoint.config_from_t5x_params(params, source=resolved)
   elif kind == 'ours':
-    config, params = _load_own_checkpoint(resolved)
-  else:
+    config, params = _load_own_checkpoint(resolved, shardings)
+  elif shardings is None:
     config, params = hf_checkpoint.read_hf_t5(resolved)
+  else:
+    config, lazy = hf_checkpoint.open_hf_t5(resolved)
+    params = shard_reads.place(lazy, shardings, resolved)
   check_params(config, params, resolved)
-  check_finite(params, resolved)
+  if shardings is None:
+    check_finite(params, resolved)
+  else:
+    shard_reads.check_finite_placed(params, resolved)
   return config, params
 
 
-def read_t5x_target(kind: str, path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def read_t5x_target(kind: str, path: str, shardings: Any = None
+                    ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """(backbone params, {collection: tree} of deltas trained beside it) of a T5X checkpoint.
 
-  `kind` is detect_format's: 't5x' (legacy) or 't5x_orbax'.
+  `kind` is detect_format's: 't5x' (legacy) or 't5x_orbax'. With `shardings`
+  (a tree like the backbone) the backbone comes as global jax.Arrays read
+  shard by shard; the deltas are always numpy.
   """
   if kind == 't5x_orbax':
-    target = t5x_orbax.read_t5x_orbax(path)
-  else:
-    target = t5x_checkpoint.read_t5x_checkpoint(path)
-  return t5x_orbax.split_target(target)
+    return t5x_orbax.split_target(t5x_orbax.read_t5x_orbax(path, shardings=shardings))
+  if shardings is None:
+    return t5x_orbax.split_target(t5x_checkpoint.read_t5x_checkpoint(path))
+  backbone, deltas = t5x_orbax.split_target(t5x_checkpoint.open_t5x_checkpoint(path))
+  # The shapes fit together before a byte of the arrays is read.
+  t5x_checkpoint.config_from_t5x_params(backbone, source=path)
+  return (shard_reads.place(backbone, shardings, path),
+          shard_reads.read_whole(deltas, path))
 
 
-def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
+def _load_own_checkpoint(path: str, shardings: Any = None) -> Tuple[T5Config, Dict[str, Any]]:
   """The `params` of a checkpoint written by this project's trainer (on any mesh)."""
   try:
     metadata = checkpoints.read_metadata(path)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable metadata/ ({e})') from e
   try:
-    params = checkpoints.read_delta(path).get('params')
+    params = checkpoints.read_params(path, shardings)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: unreadable state/ ({e})') from e
   if params is None:
@@ -190,8 +207,6 @@ def _load_own_checkpoint(path: str) -> Tuple[T5Config, Dict[str, Any]]:
         f'{path} is a delta checkpoint (it trained {trained}); it holds no '
         f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
         'that as the pretrained model and this checkpoint as the delta.')
-  # The contract is float32 (check_params then finds any missing array).
-  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   return T5Config(**metadata['model_config']), params
 
 

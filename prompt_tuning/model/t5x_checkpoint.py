@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from prompt_tuning.model import shard_reads
 from prompt_tuning.model.config import T5Config
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
@@ -128,23 +129,18 @@ def _resolve_spec(ckpt_dir: str, spec: Mapping[str, Any]) -> Dict[str, Any]:
   return spec
 
 
-def _short_ts_error(e: Exception) -> str:
-  # Tensorstore appends the whole JSON spec; the array name says enough.
-  return str(e).split(' [tensorstore_spec=')[0]
-
-
-def _read_arrays(ckpt_dir: str, specs: Dict[str, Dict[str, Any]],
-                 source: str) -> Dict[str, np.ndarray]:
-  """Reads {name: spec} concurrently; returns {name: float32 array}."""
+def _open_arrays(ckpt_dir: str, specs: Dict[str, Dict[str, Any]],
+                 source: str) -> Dict[str, shard_reads.LazyArray]:
+  """Opens {name: spec} concurrently (metadata only); returns {name: LazyArray}."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
 
   context = ts.Context()
   resolved = {name: _resolve_spec(ckpt_dir, s) for name, s in specs.items()}
-  # Issue every open, then every read, before waiting on any: an XXL
-  # checkpoint has hundreds of arrays and tensorstore overlaps their I/O.
+  # Issue every open before waiting on any: an XXL checkpoint has hundreds
+  # of arrays and tensorstore overlaps their I/O.
   opens = {name: ts.open(s, read=True, context=context)
            for name, s in resolved.items()}
-  reads, errors = {}, []
+  arrays, errors = {}, []
   for name, future in opens.items():
     try:
       store = future.result()
@@ -152,15 +148,12 @@ def _read_arrays(ckpt_dir: str, specs: Dict[str, Dict[str, Any]],
         # A real fill value allows absent chunks (they equal the fill value).
         lenient = dict(resolved[name], fill_missing_data_reads=True)
         store = ts.open(lenient, read=True, context=context).result()
-      reads[name] = store.read()
+      # A region read is a tensorstore future: only the chunks it overlaps
+      # are fetched and decoded.
+      arrays[name] = shard_reads.LazyArray(
+          tuple(store.shape), lambda region, s=store: s[region].read())
     except Exception as e:  # tensorstore reports everything as ValueError
-      errors.append(f'{name}: {_short_ts_error(e)}')
-  arrays = {}
-  for name, future in reads.items():
-    try:
-      arrays[name] = np.asarray(future.result(), dtype=np.float32)
-    except Exception as e:
-      errors.append(f'{name}: {_short_ts_error(e)}')
+      errors.append(f'{name}: {shard_reads.short_error(e)}')
   if errors:
     raise CheckpointError(
         f'cannot read {len(errors)} array(s) of T5X checkpoint {source}:\n' +
@@ -176,9 +169,9 @@ def _to_numpy(leaf: Any) -> Any:
   return array.astype(np.float32)
 
 
-def _materialize(ckpt_dir: str, tree: Dict[str, Any],
-                 source: str) -> Dict[str, Any]:
-  """Replaces spec leaves of `tree` by the arrays they describe."""
+def _lazy_tree(ckpt_dir: str, tree: Dict[str, Any],
+               source: str) -> Dict[str, Any]:
+  """`tree` with every leaf a LazyArray: spec leaves opened, inline ones in memory."""
   specs, inline = {}, {}
 
   def walk(node, path):
@@ -189,12 +182,28 @@ def _materialize(ckpt_dir: str, tree: Dict[str, Any],
       elif isinstance(value, dict):
         walk(value, child)
       else:
-        inline['/'.join(child)] = _to_numpy(value)
+        inline['/'.join(child)] = shard_reads.in_memory(_to_numpy(value))
 
   walk(tree, ())
   flat = dict(inline)
-  flat.update(_read_arrays(ckpt_dir, specs, source))
+  flat.update(_open_arrays(ckpt_dir, specs, source))
   return unflatten_tree(flat)
+
+
+def _materialize(ckpt_dir: str, tree: Dict[str, Any],
+                 source: str) -> Dict[str, Any]:
+  """Replaces spec leaves of `tree` by the arrays they describe (float32 numpy)."""
+  return shard_reads.read_whole(_lazy_tree(ckpt_dir, tree, source),
+                                f'T5X checkpoint {source}')
+
+
+def open_t5x_checkpoint(path: str) -> Dict[str, Any]:
+  """The 'target' tree of a legacy T5X checkpoint as LazyArrays, nothing read yet.
+
+  `shard_reads.read_whole` reads it whole, `shard_reads.place` shard by shard.
+  """
+  ckpt_dir, msgpack_file, contents = _load_contents(path)
+  return _lazy_tree(ckpt_dir, contents['optimizer']['target'], msgpack_file)
 
 
 def read_t5x_checkpoint(path: str, *,
@@ -322,5 +331,5 @@ def load_t5x(path: str, **overrides) -> Tuple[T5Config, Dict[str, Any]]:
 
 __all__: List[str] = [
     'CheckpointError', 'config_from_t5x_params', 'load_t5x',
-    'read_t5x_checkpoint', 't5x_step'
+    'open_t5x_checkpoint', 'read_t5x_checkpoint', 't5x_step'
 ]

@@ -20,6 +20,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from prompt_tuning.model import checkpoints
 from prompt_tuning.model.param_shapes import CheckpointError
 
 STATE_ITEM = 'state'
@@ -42,12 +43,16 @@ def is_t5x_orbax(path: str) -> bool:
           not _exists(posixpath.join(path, 'metadata')))
 
 
-def read_t5x_orbax(path: str, *, read_optimizer_state: bool = False) -> Dict[str, Any]:
+def read_t5x_orbax(path: str, *, read_optimizer_state: bool = False,
+                   shardings: Any = None) -> Dict[str, Any]:
   """Reads a T5X Orbax checkpoint's parameters.
 
   Args:
     path: the `checkpoint_<step>` directory (local or gs://).
     read_optimizer_state: also read the optimizer state.
+    shardings: None, or `jax.sharding.Sharding`s for (part of) the target
+      tree, e.g. the backbone's: those arrays come back as global jax.Arrays
+      that each process restores only its shards of.
 
   Returns:
     The 'target' tree (nested dicts of float32 numpy arrays), or with
@@ -72,14 +77,12 @@ def read_t5x_orbax(path: str, *, read_optimizer_state: bool = False) -> Dict[str
                           "({'target': ..., 'state': ...}).")
   wanted = {k: metadata[k] for k in ('target', 'state')
             if k in metadata and (k == 'target' or read_optimizer_state)}
-  restore_args = jax.tree_util.tree_map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
   try:
-    tree = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=restore_args, partial_restore=True))
+    tree = checkpoints.restore_pytree(directory, wanted,
+                                      {'target': shardings} if shardings else None)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'cannot read {directory}: {type(e).__name__}: {e}') from e
-  as_float = lambda x: np.asarray(x, np.float32)
+  as_float = lambda x: x if isinstance(x, jax.Array) else np.asarray(x, np.float32)
   target = jax.tree_util.tree_map(as_float, _plain(tree['target']))
   if not read_optimizer_state:
     return target
