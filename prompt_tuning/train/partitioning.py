@@ -5,7 +5,8 @@ the main activations are constrained with `nn.with_logical_constraint`. The
 rules below map those names onto the two mesh axes:
 
     'data'   the batch is split over it (data parallelism); parameters are
-             replicated along it (T5X's 1-D parameter partitioning)
+             replicated along it (T5X's 1-D parameter partitioning), or
+             split along `embed` with PARAMETER_PARTITIONING_DIMS=2
     'model'  vocab, mlp, heads and joined_kv are split over it (model
              parallelism); its size is NUM_PARTITIONS
 
@@ -33,33 +34,45 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 LogicalAxisRules = Tuple[Tuple[str, Optional[str]], ...]
 MESH_AXES = ('data', 'model')
 
-# T5X's `standard_logical_axis_rules()` with 1-D activation and parameter
-# partitioning (its default), then the names it always replicates.
-T5X_LOGICAL_AXIS_RULES: LogicalAxisRules = (
-    ('batch', 'data'),
-    ('vocab', 'model'),
-    ('embed', None),
-    ('mlp', 'model'),
-    ('heads', 'model'),
-    ('kv', None),
-    ('joined_kv', 'model'),
-    ('relpos_buckets', None),
-    ('abspos_buckets', None),
-    ('length', None),
-    ('layers', None),
-    ('stack', None),
-    ('mlp_activations', None),
-)
+# T5X's `standard_logical_axis_rules(activation_partitioning_dims,
+# parameter_partitioning_dims)`, keyed by those two numbers. Flax gives an
+# array dimension the first rule of its name whose mesh axis the array does
+# not use yet, so with 2-D partitioning 'embed' goes to 'model' where 'model'
+# is free (activations [batch, length, embed]; norm scales) and to 'data'
+# where it is not (parameters [vocab, embed], [embed, mlp]).
+_PARTITIONED_RULES = {
+    (1, 1): (('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
+             ('heads', 'model'), ('kv', None), ('joined_kv', 'model')),
+    (2, 1): (('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'), ('heads', 'model'),
+             ('kv', None), ('joined_kv', 'model'), ('embed', 'model')),
+    (1, 2): (('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'), ('heads', 'model'),
+             ('kv', None), ('joined_kv', 'model'), ('embed', 'data')),
+    (2, 2): (('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'), ('heads', 'model'),
+             ('kv', None), ('joined_kv', 'model'), ('embed', 'model'), ('embed', 'data')),
+}
+# The names T5X always replicates, after the partitioned ones.
+_REPLICATED_RULES = (('relpos_buckets', None), ('abspos_buckets', None), ('length', None),
+                     ('layers', None), ('stack', None), ('mlp_activations', None))
+T5X_LOGICAL_AXIS_RULES: LogicalAxisRules = _PARTITIONED_RULES[1, 1] + _REPLICATED_RULES
 
 
-def standard_logical_axis_rules(additional_rules: Sequence[Tuple[str, Optional[str]]] = ()
+def standard_logical_axis_rules(activation_partitioning_dims: int = 1,
+                                parameter_partitioning_dims: int = 1,
+                                additional_rules: Sequence[Tuple[str, Optional[str]]] = ()
                                 ) -> LogicalAxisRules:
-  """T5X's default rules, then `additional_rules` (e.g. the deltas' own).
+  """T5X's default rules for 1-D or 2-D partitioning, then `additional_rules` (the deltas').
 
-  Flax takes the first rule of a name whose mesh axis is not yet used by the
-  same array, so later rules only add names or fallbacks.
+  `parameter_partitioning_dims=2` also splits the parameters' `embed` over
+  'data' (ZeRO-3-like: each data-parallel replica holds a slice of every
+  weight, gathered when used); `activation_partitioning_dims=2` splits the
+  activations' `embed` over 'model'. Later rules only add names or fallbacks.
   """
-  return T5X_LOGICAL_AXIS_RULES + tuple(tuple(rule) for rule in additional_rules)
+  dims = (activation_partitioning_dims, parameter_partitioning_dims)
+  if dims not in _PARTITIONED_RULES:
+    raise ValueError(f'activation_partitioning_dims={dims[0]} and parameter_partitioning_dims='
+                     f'{dims[1]}: each must be 1 or 2 (as in T5X).')
+  return (_PARTITIONED_RULES[dims] + _REPLICATED_RULES +
+          tuple(tuple(rule) for rule in additional_rules))
 
 
 def mesh_shape_for(num_devices: int, num_partitions: int = 1,
@@ -100,19 +113,24 @@ class Partitioner:
 
   Attributes (gin): num_partitions (NUM_PARTITIONS, the size of 'model'),
   mesh_shape (MESH_SHAPE, an explicit (data, model); overrides
-  num_partitions), logical_axis_rules (default: `standard_logical_axis_rules()`).
+  num_partitions), activation_partitioning_dims and
+  parameter_partitioning_dims (ACTIVATION_PARTITIONING_DIMS,
+  PARAMETER_PARTITIONING_DIMS: 1 or 2, T5X's), logical_axis_rules (default:
+  `standard_logical_axis_rules(...)` of those two).
   The mesh is built on first use, after `jax.distributed.initialize`. The
   trainer adds the deltas' rules (`add_rules`).
   """
 
   def __init__(self, num_partitions: int = 1, mesh_shape: Optional[Sequence[int]] = None,
                logical_axis_rules: Optional[Sequence[Tuple[str, Optional[str]]]] = None,
-               devices: Optional[Sequence[jax.Device]] = None):
+               devices: Optional[Sequence[jax.Device]] = None,
+               activation_partitioning_dims: int = 1, parameter_partitioning_dims: int = 1):
     self.num_partitions = num_partitions
     self.mesh_shape = mesh_shape
     self.rules: LogicalAxisRules = tuple(
         tuple(r) for r in (logical_axis_rules if logical_axis_rules is not None
-                           else standard_logical_axis_rules()))
+                           else standard_logical_axis_rules(activation_partitioning_dims,
+                                                            parameter_partitioning_dims)))
     self._devices = devices
 
   def add_rules(self, rules: Sequence[Tuple[str, Optional[str]]]) -> None:
