@@ -14,6 +14,7 @@ One line per example, in the dataset's order, in
 INFER_OUTPUT_DIR/<task>-<split>-<mode>.jsonl (one file per task of a
 mixture). A file appears only once it is complete.
 """
+import contextlib
 import json
 import math
 import os
@@ -188,7 +189,8 @@ def infer(*, mode: str = 'predict',
           seed: int = 0,
           num_examples: Optional[int] = None,
           merge_deltas: bool = False,
-          refuse_truncation: bool = False) -> Dict[str, str]:
+          refuse_truncation: bool = False,
+          partitioner: Optional[Any] = None) -> Dict[str, str]:
   """Predicts or scores `split` of every task of the mixture; returns {task: jsonl path}.
 
   Args:
@@ -205,31 +207,36 @@ def infer(*, mode: str = 'predict',
     merge_deltas: fold LoRA / IA3 deltas into the backbone first (no overhead).
     refuse_truncation: fail on an example longer than `task_feature_lengths`
       instead of cutting it (REFUSE_TRUNCATION).
+    partitioner: the training mesh and rules (a `train.partitioning.Partitioner`,
+      from gin): the backbone is read shard by shard onto it and every pass
+      runs there, as in training. None: one device.
   """
   if mode not in MODES:
     raise ConfigurationError(f"INFER_MODE must be 'predict' or 'score', not {mode!r}.")
   lookup.import_task_module(mixture_or_task_module)
   provider = lookup.get_task(mixture_or_task_name)
   lookup.check_vocabulary(provider, model.config.vocab_size)
-  loaded = loading.VariableLoader(model, initial_checkpoint_path, merge_deltas).load(
-      checkpoint_path, prompt_files)
+  loaded = loading.VariableLoader(model, initial_checkpoint_path, merge_deltas,
+                                  partitioner).load(checkpoint_path, prompt_files)
   ensemble = '' if loaded.bank is None else f' (ensemble of {bank_lib.size(loaded.bank)})'
   logging.info('Inference (%s) with %s%s', mode, loaded.source, ensemble)
 
   written = {}
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(output_dir)
-  for task in seqio.get_subtasks(provider):
-    path = os.path.join(output_dir, f'{task.name}-{split}-{mode}.jsonl')
-    records = _records(task, mode, loaded, feature_lengths=task_feature_lengths,
-                       batch_size=batch_size, split=split, decoding=decoding,
-                       use_cached=use_cached, seed=seed, num_examples=num_examples,
-                       refuse_truncation=refuse_truncation)
-    # Every host runs the same batches (the model is replicated); one writes.
-    if jax.process_index() == 0:
-      logging.info('Wrote %d lines to %s', _write_jsonl(path, records), path)
-    else:
-      for _ in records:
-        pass
-    written[task.name] = path
+  # The activations' constraints bind to the mesh while the passes trace.
+  with partitioner.context() if partitioner else contextlib.nullcontext():
+    for task in seqio.get_subtasks(provider):
+      path = os.path.join(output_dir, f'{task.name}-{split}-{mode}.jsonl')
+      records = _records(task, mode, loaded, feature_lengths=task_feature_lengths,
+                         batch_size=batch_size, split=split, decoding=decoding,
+                         use_cached=use_cached, seed=seed, num_examples=num_examples,
+                         refuse_truncation=refuse_truncation)
+      # Every host runs the same batches (the model is replicated); one writes.
+      if jax.process_index() == 0:
+        logging.info('Wrote %d lines to %s', _write_jsonl(path, records), path)
+      else:
+        for _ in records:
+          pass
+      written[task.name] = path
   return written

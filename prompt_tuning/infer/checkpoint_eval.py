@@ -7,7 +7,8 @@ one line `{"step": ..., metric: ...}` to EVAL_OUTPUT_DIR/<task>-metrics.jsonl
 predictions to EVAL_OUTPUT_DIR/<task>-<step>.jsonl and TensorBoard scalars.
 PROMPT_FILES instead evaluates one prompt or, given several, their ensemble.
 """
-from typing import Dict, Iterator, Optional, Sequence
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -40,7 +41,8 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
                          prompt_files: Optional[Sequence[str]] = None,
                          initial_checkpoint_path: Optional[str] = None,
                          mixture_or_task_module: Optional[str] = None,
-                         merge_deltas: bool = False
+                         merge_deltas: bool = False,
+                         partitioner: Optional[Any] = None
                          ) -> Dict[Optional[int], Results]:
   """Evaluates every checkpoint (or the prompt ensemble); returns {step: {task: metrics}}.
 
@@ -57,6 +59,9 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
       the checkpoints (its fingerprint must still match); needed for `.npy`.
     mixture_or_task_module: the module that registers the task.
     merge_deltas: fold LoRA / IA3 deltas into the backbone before evaluating.
+    partitioner: the training mesh and rules (a `train.partitioning.Partitioner`,
+      from gin): the backbone is read shard by shard onto it and every pass
+      runs there, as in training. None: one device.
 
   Prompt files carry no step; their line in the metrics file has step -1.
   """
@@ -64,14 +69,17 @@ def evaluate_checkpoints(*, model: nn.Module = gin.REQUIRED,
     raise ConfigurationError('Set EVAL_OUTPUT_DIR, where the metrics are written.')
   lookup.import_task_module(mixture_or_task_module)
   lookup.check_vocabulary(lookup.get_task(evaluator.task_name), model.config.vocab_size)
-  loader = loading.VariableLoader(model, initial_checkpoint_path, merge=merge_deltas)
+  loader = loading.VariableLoader(model, initial_checkpoint_path, merge=merge_deltas,
+                                  partitioner=partitioner)
   results: Dict[Optional[int], Results] = {}
   for loaded in _sources(loader, checkpoint_path, prompt_files):
     ensemble = '' if loaded.bank is None else f' (ensemble of {bank_lib.size(loaded.bank)})'
     logging.info('Evaluating %s%s on %s/%s', loaded.source, ensemble, evaluator.task_name,
                  evaluator.split)
-    results[loaded.step] = evaluator.evaluate(loaded.model, loaded.variables, loaded.step,
-                                              loaded.bank)
+    # The activations' constraints bind to the mesh while the passes trace.
+    with partitioner.context() if partitioner else contextlib.nullcontext():
+      results[loaded.step] = evaluator.evaluate(loaded.model, loaded.variables, loaded.step,
+                                                loaded.bank)
     logging.info('step %s: %s', loaded.step, results[loaded.step])
   logging.info('Metrics written to %s', evaluator.log_dir)
   return results

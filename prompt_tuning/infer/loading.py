@@ -27,6 +27,7 @@ collection, or, for a prompt, rebuilt from its shape.
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -96,13 +97,18 @@ class VariableLoader:
       recorded base; required for `.npy` prompts.
     merge: fold mergeable deltas (LoRA, IA3) into the backbone (`merged`) when
       loading a checkpoint, for serving with no delta overhead.
+    partitioner: a `prompt_tuning.train.partitioning.Partitioner` (gin passes
+      it; infer does not import train): the backbone is read shard by shard
+      onto its mesh with the training layout (`load_pretrained(path,
+      shardings)`), the deltas and a bank are replicated on it. None: numpy.
   """
 
-  def __init__(self, model: Transformer, initial_checkpoint_path: Optional[str] = None,
-               merge: bool = False):
+  def __init__(self, model: nn.Module, initial_checkpoint_path: Optional[str] = None,
+               merge: bool = False, partitioner: Optional[Any] = None):
     self.model = model
     self.initial_checkpoint_path = initial_checkpoint_path
     self.merge = merge
+    self.partitioner = partitioner
     self._bases: Dict[str, Tuple[Any, str]] = {}
 
   def load(self, checkpoint_path: Optional[str] = None,
@@ -136,7 +142,7 @@ class VariableLoader:
                 'INITIAL_CHECKPOINT_PATH to its new place)') if trained else ''
         raise FileNotFoundError(f'The base checkpoint {path} does not exist{hint}.')
       logging.info('Loading the frozen model from %s', path)
-      _, params = load_pretrained(path)
+      _, params = load_pretrained(path, self._param_shardings())
       check_params(self.model.config, params, path)
       self._bases[path] = (params, checkpoints.fingerprint(params))
     params, found = self._bases[path]
@@ -205,7 +211,8 @@ class VariableLoader:
     model = Transformer(self.model.config, deltas=deltas)
     if self.merge:
       model, variables = merged(model, variables)
-    return Loaded(model, variables, None, checkpoints.checkpoint_step(directory), directory)
+    return self._placed(Loaded(model, variables, None, checkpoints.checkpoint_step(directory),
+                               directory))
 
   def _npy_prompt(self, path: str) -> Tuple[Variables, Tuple[Any, ...]]:
     prompt = checkpoints.load_npy(path)
@@ -257,10 +264,36 @@ class VariableLoader:
             if len(sources) == 1 and not sources[0].endswith('.npy') else None)
     first = paths.merge({'params': params}, loaded[0][0])
     if len(loaded) == 1:
-      return Loaded(model, first, None, step, sources[0])
+      return self._placed(Loaded(model, first, None, step, sources[0]))
     shared, stacked = bank_lib.stack([delta for delta, _ in loaded], deltas)
     variables = paths.merge({'params': params}, shared, bank_lib.member(stacked, 0))
-    return Loaded(model, variables, stacked, step, ', '.join(sources))
+    return self._placed(Loaded(model, variables, stacked, step, ', '.join(sources)))
+
+  def _param_shardings(self) -> Optional[Any]:
+    """The backbone's shardings under the partitioner's rules (as training), or None."""
+    if self.partitioner is None:
+      return None
+    tokens = jax.numpy.ones((1, 8), jax.numpy.int32)
+    abstract = jax.eval_shape(lambda: Transformer(self.model.config).init(
+        jax.random.PRNGKey(0), tokens, tokens, tokens))
+    return self.partitioner.variable_shardings(abstract)['params']
+
+  def _placed(self, loaded: Loaded) -> Loaded:
+    """`loaded` on the partitioner's mesh: params by the rules, deltas and bank replicated.
+
+    A merged delta (LoRA folded into the kernels) has changed `params`, so
+    they are placed again by their shardings.
+    """
+    if self.partitioner is None:
+      return loaded
+    shardings = self._param_shardings()
+    replicate = lambda tree: self.partitioner.place(
+        tree, jax.tree_util.tree_map(lambda _: self.partitioner.replicated, tree))
+    variables = {c: (self.partitioner.place(v, shardings) if c == 'params' else replicate(v))
+                 for c, v in loaded.variables.items()}
+    bank = None if loaded.bank is None else replicate(loaded.bank)
+    return dataclasses.replace(loaded, variables=variables, bank=bank)
+
 
 
 __all__ = ['Loaded', 'VariableLoader', 'merged']
