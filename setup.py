@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     # tools/plot.py: the ablation figures of configs/ sweeps.
     "matplotlib>=3.7",
+    # The commands' progress bars (prompt_tuning/console.py); flax depends on it too.
+    "rich>=13",
 ]
 
 EXTRAS_REQUIRE = {

@@ -7,7 +7,9 @@
     --tfds_data_dir=DIR        TFDS data directory
     --coordinator_address, --process_count, --process_index
                                multi-host runs (jax.distributed.initialize)
-    --verbose                  show the traceback under the one-line errors
+    --verbose                  every library's log lines (TensorFlow, absl, CUDA,
+                               Orbax, SeqIO), off by default (`console`), and the
+                               traceback under the one-line errors
                                (also PROMPT_TUNING_VERBOSE=1)
 
 A command's module calls `run(main, example_gin_file=...)`; `main` takes no
@@ -33,6 +35,7 @@ from absl import flags
 from absl import logging
 
 from prompt_tuning import config_checks
+from prompt_tuning import console
 from prompt_tuning import gin_utils
 
 flags.DEFINE_multi_string('gin_file', [], 'Gin files, in order.')
@@ -42,7 +45,8 @@ flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory (seqio/TFDS defa
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: address of process 0.')
 flags.DEFINE_integer('process_count', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_index', None, 'Multi-host: index of this process.')
-flags.DEFINE_bool('verbose', False, 'Print the traceback under one-line error messages.')
+flags.DEFINE_bool('verbose', False, 'Every library\'s log lines, and the traceback under '
+                  'one-line error messages.')
 FLAGS = flags.FLAGS
 
 # gin's own wording for parameters and macros left unset, and for bindings of
@@ -154,6 +158,7 @@ def start(argv: Sequence[str], example_gin_file: str) -> None:
   """Multi-host initialisation, the TFDS directory, then the gin configuration."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.setup(verbose=_verbose())  # before TensorFlow is imported
   # Imported late so --help is fast.
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address:

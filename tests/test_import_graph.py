@@ -12,8 +12,9 @@ from typing import Dict, Set
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'prompt_tuning'
 
 # What each layer may import from the package (besides itself). The top-level
-# modules gin_utils (configuration errors, gin parsing) and the package root
-# are shared by all.
+# modules gin_utils (configuration errors, gin parsing), console (what the
+# commands print: quiet logging, progress bars) and the package root are
+# shared by all.
 ALLOWED = {
     'model': set(),
     'data': set(),
@@ -22,7 +23,7 @@ ALLOWED = {
     'infer': {'model', 'data', 'deltas'},
     'transfer': {'model', 'deltas'},
 }
-SHARED = {'gin_utils', '__init__'}
+SHARED = {'gin_utils', 'console', '__init__'}
 
 
 def _layer(path: pathlib.Path) -> str:

@@ -1,6 +1,6 @@
 """The embedded demo: prompt-tune the frozen demo model on a demo-world task and report.
 
-    python tools/demo.py [--model_dir runs/demo] [--method lora] [--gin.NAME=VALUE ...]
+    python tools/demo.py [--model_dir runs/demo] [--method lora] [--verbose] [--gin.NAME=VALUE ...]
 
 Runs gin/demo/prompt_tune.gin (a 20-token prompt on the genre task of the
 demo world, against the frozen LM-adapted demo model shipped in
@@ -16,7 +16,9 @@ prompt_tuning/assets/demo_world_t5), then prints:
 bitfit, norm, prompt_lora) with gin/demo/delta_tune.gin instead; the nearest
 tokens are shown when the method has a prompt. Extra `--gin.NAME=VALUE`
 arguments are passed to the run, e.g. `--gin.TRAIN_STEPS=200`. A re-run with the same --model_dir resumes (and
-only reports, when the run is complete).
+only reports, when the run is complete). The console shows the run's own
+lines and, on a terminal, progress bars; `--verbose` brings back every
+library's log lines (`prompt_tuning.console`).
 """
 import argparse
 import collections
@@ -54,16 +56,13 @@ def main() -> None:
   parser.add_argument('--model_dir', default='runs/demo')
   parser.add_argument('--top_k', type=int, default=5)
   parser.add_argument('--method', default='prompt', choices=METHODS)
+  parser.add_argument('--verbose', action='store_true',
+                      help="every library's log lines (TensorFlow, absl, CUDA, Orbax, SeqIO)")
   args, extra = parser.parse_known_args()
   os.chdir(REPO_ROOT)  # the gin files name the shipped model relative to the root
 
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  logging.use_absl_handler()
-  # The run's own progress lines only; the libraries' are in the TensorBoard
-  # and config files, and `python -m prompt_tuning.train` shows them all.
-  logging.get_absl_handler().addFilter(
-      lambda record: record.filename in ('trainer.py', 'evaluation.py'))
+  from prompt_tuning import console  # pylint: disable=g-import-not-at-top
+  console.setup(verbose=args.verbose)  # before TensorFlow is imported
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train import trainer  # pylint: disable=g-import-not-at-top
   bindings = gin_utils.rewrite_gin_args(extra)

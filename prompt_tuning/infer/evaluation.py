@@ -20,6 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import console
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import predict
@@ -47,13 +48,20 @@ def padded_batches(dataset: tf.data.Dataset, batch_size: int
   """(indices, features, real rows) of an enumerated dataset, last batch padded.
 
   Padding rows repeat row 0 so every batch has one shape (one compilation).
+  On a terminal a progress bar counts the examples and the tokens the model
+  reads (`console.bar`).
   """
-  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-    real = len(indices)
-    if real < batch_size:
-      pad = lambda x: np.concatenate([x, np.repeat(x[:1], batch_size - real, 0)], 0)
-      features = {k: pad(v) for k, v in features.items()}
-    yield indices, features, real
+  total = int(dataset.cardinality())  # seqio's evaluation datasets know it
+  with console.bar('Inference', total if total >= 0 else None) as progress_bar:
+    for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+      real = len(indices)
+      read = features.get('encoder_input_tokens', features.get('decoder_input_tokens'))
+      tokens = int(np.sum(read > 0)) if read is not None else 0
+      if real < batch_size:
+        pad = lambda x: np.concatenate([x, np.repeat(x[:1], batch_size - real, 0)], 0)
+        features = {k: pad(v) for k, v in features.items()}
+      yield indices, features, real
+      progress_bar.advance(real, tokens=tokens)
 
 
 @dataclasses.dataclass

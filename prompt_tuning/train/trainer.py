@@ -12,6 +12,7 @@
 """
 import contextlib
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -26,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 from clu import metric_writers
 
+from prompt_tuning import console
 from prompt_tuning import gin_utils
 from prompt_tuning.data import lookup
 from prompt_tuning.data.metrics import mean_metric
@@ -79,6 +81,10 @@ def initialize_variables(model: nn.Module, params: Dict[str, Any], rng: jax.Arra
   return {'params': params, **init(params, rng)}
 
 
+def _loss_per_token(metrics: Mapping[str, Any]) -> float:
+  return float(metrics['loss']) / max(float(metrics['weight_sum']), 1.0)
+
+
 def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, tokens,
                   examples_seen, learning_rate, writer) -> None:
   weight = max(float(metrics['weight_sum']), 1.0)
@@ -102,7 +108,7 @@ def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, t
       100 * (step - start_step) / max(train_steps - start_step, 1), scalars['loss'],
       scalars['accuracy'], learning_rate, scalars['steps_per_second'],
       f'{scalars["tokens_per_second"]:,.0f}', f'{examples_seen:,}',
-      time.strftime('%H:%M:%S', time.gmtime(remaining)))
+      time.strftime('%H:%M:%S', time.gmtime(remaining)), extra=console.REPLACED_BY_BAR)
 
 
 @gin.configurable
@@ -165,7 +171,8 @@ def train(*,
   task = lookup.get_task(mixture_or_task_name)
   lookup.check_vocabulary(task, model.config.vocab_size)
 
-  with _locked(model_dir), preemption.StopRequest() as stop:
+  with (_locked(model_dir), preemption.StopRequest() as stop,
+        console.bar('Training') as progress_bar):
     checkpointer = DeltaCheckpointer(model_dir, keep=keep_checkpoints)
     fresh = not checkpointer.all_steps()
 
@@ -276,6 +283,7 @@ def train(*,
                         lambda d: (faults.crash_point('checkpoint_committed'), export(d)))
       logging.info('Saved %s', checkpointer.step_dir(step))
 
+    progress_bar.set_total(train_steps - start_step)
     if run_eval_before_training and eval_period:
       evaluate(start_step)
     window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
@@ -290,11 +298,15 @@ def train(*,
                         f'saved {checkpointer.step_dir(step)}' if step > start_step else
                         'no step was trained, the run stays where it was')
         break
+      tokens_before = window_tokens
       batch = next(batches)
       state, metrics = step_fn(state, partitioner.global_batch(batch))
       window_steps += 1
       window_tokens += int(np.sum(batch['encoder_input_tokens'] > 0) +
                            np.sum(batch['decoder_target_tokens'] > 0)) * data_shard[1]
+      # The bar reads the loss when it redraws, not here: the loop does not wait for the step.
+      progress_bar.advance(tokens=window_tokens - tokens_before,
+                           loss=functools.partial(_loss_per_token, metrics))
       done = step + 1
       log_now = done % log_period == 0 or done == train_steps
       save_now = done % checkpoint_period == 0 or done == train_steps
