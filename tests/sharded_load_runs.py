@@ -133,7 +133,24 @@ def two_processes(shared_data, out, index, port):
   with open(out, 'w') as f:
     json.dump({'bytes_read_sharded': read, 'bytes_read_whole': whole_read,
                'mismatched': mismatched, 'local_devices': jax.local_device_count(),
-               'processes': jax.process_count()}, f)
+               'processes': jax.process_count(), 'nan_error': _nan_on_one_host(
+                   legacy, os.path.dirname(out), index, shardings)}, f)
+
+
+def _nan_on_one_host(legacy, root, index, shardings):
+  """One NaN in a column only process 1's devices hold: what each process raises."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  copy = os.path.join(root, f'nan_{index}', 'checkpoint_3')
+  shutil.copytree(legacy, copy)
+  store = ts.open({'driver': 'zarr', 'kvstore': {
+      'driver': 'file', 'path': os.path.join(copy, 'target.decoder.logits_dense.kernel')}}).result()
+  store[1, 30000].write(np.float32('nan')).result()
+  try:
+    load_pretrained(copy, shardings)
+  except Exception as e:  # pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'
+  return None
 
 
 def _bytes_read(ts):

@@ -20,6 +20,7 @@ import pytest
 
 from prompt_tuning.model import load_pretrained, shard_reads
 from prompt_tuning.model.checkpoints import fingerprint
+from prompt_tuning.model.finite import NonFiniteError
 from prompt_tuning.model.param_shapes import CheckpointError, flatten_tree
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -96,6 +97,9 @@ def test_each_host_reads_only_its_part(runs):
     # Norms, relpos tables and kernels 'model' does not divide are read whole
     # by both; the embedding and logits (most of the bytes) by halves.
     assert report['bytes_read_sharded'] < 0.7 * report['bytes_read_whole'], report
+    # A NaN that only process 1 reads fails both processes alike (no host waits forever).
+    assert report['nan_error'].startswith('NonFiniteError'), report['nan_error']
+    assert 'decoder/logits_dense/kernel: 1 of 128512' in report['nan_error']
 
 
 def test_fingerprint_of_placed_arrays_equals_numpy(shared_data):
@@ -114,13 +118,21 @@ def test_place_refuses_arrays_without_a_sharding():
     shard_reads.place(lazy, {'a': sharding}, 'here')
 
 
-def test_non_finite_placed_arrays_are_named(shared_data):
+def test_non_finite_values_are_named_as_they_are_read():
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   values = np.ones((4, 3), np.float32)
   values[1, 2], values[3, 0] = np.nan, np.inf
-  placed = shard_reads.place({'w': shard_reads.in_memory(values)}, {'w': sharding}, 'src')
-  with pytest.raises(CheckpointError, match=r'w: 2 of 12'):
-    shard_reads.check_finite_placed(placed, 'src')
+  with pytest.raises(NonFiniteError, match=r'src holds NaN .*\(w: 2 of 12\)'):
+    shard_reads.place({'w': shard_reads.in_memory(values), 'ok': shard_reads.in_memory(
+        np.ones(3, np.float32))}, {'w': sharding, 'ok': sharding}, 'src')
+
+
+def test_non_finite_placed_arrays_are_counted_on_device():
+  values = np.ones((4, 3), np.float32)
+  values[0, 0] = np.nan
+  with pytest.raises(NonFiniteError, match=r'w: 1 of 12'):
+    shard_reads.check_finite_placed({'w': jax.numpy.asarray(values),
+                                     'ok': jax.numpy.ones(3)}, 'src')
 
 
 def test_read_ahead_budget_still_places_every_array():

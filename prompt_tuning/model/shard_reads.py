@@ -22,13 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.model.finite import report_non_finite
+from prompt_tuning.model.finite import non_finite_count, report_non_finite
 from prompt_tuning.model.param_shapes import CheckpointError, flatten_tree, unflatten_tree
 
 Region = Tuple[slice, ...]
 # What `LazyArray.read` returns: numpy, or a future of it (tensorstore's).
 RegionRead = Any
-DEFAULT_PENDING_BYTES = 1 << 30
+# Read-ahead of `place`: regions read and not yet on their devices. Host
+# memory beyond the model's own share stays near this (plus the chunks being
+# decoded); `tools/memory_report.py --load` measures it.
+DEFAULT_PENDING_BYTES = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,28 @@ def local_regions(shape: Tuple[int, ...], sharding: jax.sharding.Sharding
   return list(seen)
 
 
+def _owned_regions(shape: Tuple[int, ...], sharding: jax.sharding.Sharding
+                   ) -> List[Tuple[Tuple[int, int], ...]]:
+  """The regions whose first holder (in device order) is one of this process's devices.
+
+  Every region has exactly one owner among the processes, so counts over
+  owned regions sum across processes without counting a replica twice.
+  """
+  owners = {}
+  for device, index in sharding.devices_indices_map(tuple(shape)).items():
+    owners.setdefault(_region_key(index, shape), device.process_index)
+  return [key for key, process in owners.items() if process == jax.process_index()]
+
+
+def _global_sum(counts: np.ndarray) -> np.ndarray:
+  """Per-process counts [n] summed over the processes (a tiny all-gather)."""
+  if jax.process_count() == 1:
+    return counts
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(counts)).reshape(
+      jax.process_count(), -1).sum(0)
+
+
 def _issue(path: str, leaf: LazyArray, sharding: jax.sharding.Sharding
            ) -> Tuple[str, LazyArray, jax.sharding.Sharding, Dict[Any, RegionRead], int]:
   regions = local_regions(leaf.shape, sharding)
@@ -128,7 +153,7 @@ def _issue(path: str, leaf: LazyArray, sharding: jax.sharding.Sharding
 
 
 def place(tree: Mapping[str, Any], shardings: Mapping[str, Any], source: str,
-          max_pending_bytes: int = DEFAULT_PENDING_BYTES) -> Dict[str, Any]:
+          max_pending_bytes: Optional[int] = None) -> Dict[str, Any]:
   """Every LazyArray of `tree` as a global float32 jax.Array with its sharding.
 
   Args:
@@ -137,18 +162,26 @@ def place(tree: Mapping[str, Any], shardings: Mapping[str, Any], source: str,
       `Partitioner.variable_shardings(...)['params']`).
     source: the checkpoint, named in errors.
     max_pending_bytes: read-ahead: regions read but not yet placed on their
-      devices stay under this (one array's regions always go ahead).
+      devices stay under this (one array's regions always go ahead);
+      default `DEFAULT_PENDING_BYTES` as it is when called.
+
+  Every region is checked for NaN and infinity as it is read (on the host,
+  where the values already are); the counts are summed over the processes,
+  so every host fails alike.
 
   Raises:
     CheckpointError: `shardings` does not cover `tree`, or a region cannot be read.
+    finite.NonFiniteError: an array holds NaN or infinite values.
   """
+  if max_pending_bytes is None:
+    max_pending_bytes = DEFAULT_PENDING_BYTES
   flat, flat_shardings = flatten_tree(tree), flatten_tree(shardings)
   missing = sorted(set(flat) - set(flat_shardings))
   if missing:
     raise CheckpointError(f'{source}: no sharding given for {missing[:10]}'
                           f'{" ..." if len(missing) > 10 else ""}')
   queue: collections.deque = collections.deque()
-  pending_bytes, out = 0, {}
+  pending_bytes, out, non_finite = 0, {}, {}
   todo: Iterator[str] = iter(flat)
   exhausted = False
   while queue or not exhausted:
@@ -169,9 +202,14 @@ def place(tree: Mapping[str, Any], shardings: Mapping[str, Any], source: str,
       values = {key: as_float32(value) for key, value in reads.items()}
     except Exception as e:  # pylint: disable=broad-except
       _raise_errors([f'{path}: {short_error(e)}'], source)
+    non_finite[path] = sum(non_finite_count(values[key])
+                           for key in _owned_regions(leaf.shape, sharding))
     out[path] = jax.make_array_from_callback(
         leaf.shape, sharding, lambda index, v=values, s=leaf.shape: v[_region_key(index, s)])
     pending_bytes -= size
+  counts = _global_sum(np.asarray(list(non_finite.values()), np.int64))
+  report_non_finite({p: int(c) for p, c in zip(non_finite, counts) if c},
+                    {p: int(np.prod(flat[p].shape)) for p in flat}, source)
   return unflatten_tree(out)
 
 
