@@ -4,7 +4,9 @@ import pathlib
 import subprocess
 import sys
 
-from prompt_tuning.model import SIZES
+import pytest
+
+from prompt_tuning.model import SIZES, num_parameters
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,3 +41,33 @@ def test_memory_report_arguments_match_an_independent_count():
   assert abs(row['arguments'] - (frozen + prompt + row['optimizer'] + batch + 4)) <= 64
   assert row['total'] == row['arguments'] + row['outputs'] - row['aliased'] + row['temps']
   assert row['temps'] > 0 and row['fits'] and row['mesh'] == '1x2'
+
+
+def test_written_checkpoint_loads_with_the_sizes_shapes(tmp_path):
+  sys.path.insert(0, str(REPO / 'tools'))
+  import load_memory  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import load_pretrained  # pylint: disable=g-import-not-at-top
+  path = load_memory.write_t5x_checkpoint('tiny', str(tmp_path))
+  config, params = load_pretrained(path)
+  assert config.emb_dim == SIZES['tiny'].emb_dim and config.vocab_size == SIZES['tiny'].vocab_size
+  assert 0.02 < float(abs(params['token_embedder']['embedding']).mean()) < 0.06  # N(0, 0.05)
+
+
+@pytest.mark.slow  # four processes joined by jax.distributed: about 30 s on 2 busy cores
+def test_load_report_whole_vs_sharded(tmp_path):
+  # Mesh 1 x 2 over two processes (one device each): 'model' spans the hosts.
+  out = subprocess.run(
+      [sys.executable, 'tools/memory_report.py', '--load', str(tmp_path), '--write_checkpoint',
+       'tiny', '--mesh', '1x2', '--processes', '2', '--json'],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+  assert sorted((r['mode'], r['process']) for r in rows) == [
+      ('sharded', 0), ('sharded', 1), ('whole', 0), ('whole', 1)]
+  model = 4 * num_parameters(SIZES['tiny'])
+  for row in rows:
+    assert row['checkpoint_bytes'] == model
+    # Each host's devices hold a part of the model: the split matrices by half.
+    assert 0.4 * model < row['device_shards'] < 0.6 * model
+    if row['mode'] == 'whole':
+      assert row['bytes_read'] >= model  # every array read by every host

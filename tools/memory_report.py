@@ -4,6 +4,10 @@
     python tools/memory_report.py --sizes small,base,large,xl,xxl --mesh 4x4 --json
     # For TPU, on any machine: needs libtpu (pip install "jax[tpu]"), no TPU
     python tools/memory_report.py --sizes xxl --topology v5e:2x4 --mesh 1x8 --remat none,full
+    # Peak host memory of loading a checkpoint, whole vs shard by shard, on 4
+    # simulated hosts (processes) of a 1x8 mesh; --write_checkpoint makes one
+    python tools/memory_report.py --load /tmp/small_t5x --write_checkpoint small --mesh 1x8 \
+      --processes 4
 
 For each T5.1.1 size and each mode, the trainer's own train step
 (`make_train_step` with a `partitioning.Partitioner`) is lowered on abstract
@@ -36,6 +40,13 @@ Columns (bytes per device; from `compiled.memory_analysis()`):
   total       arguments + outputs - aliased + temps: the device's peak
 The analytic columns (frozen, trainable, optimizer, batch) are the shard sizes
 of each part from the shardings alone, a check on `arguments`.
+
+`--load PATH` instead measures host memory while loading a pretrained
+checkpoint onto the mesh (`tools/load_memory.py`): each of `--processes`
+processes stands for a host and reports its resident-set peak above where it
+started, whole (`load_pretrained(path)`, then placed: every host reads every
+array) and sharded (`load_pretrained(path, shardings)`: each host reads only
+its devices' regions), with the share of the model its devices hold.
 
 Parameters, optimizer state and batch are exact on any platform; the
 temporaries depend on the compiler. XLA:CPU keeps bfloat16 matmul results in
@@ -85,6 +96,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--budget_gib', type=float, default=16.0,
                       help='per-device memory the "fits" column checks against')
   parser.add_argument('--json', action='store_true', help='one JSON object per line')
+  parser.add_argument('--load', default=None,
+                      help='a legacy T5X checkpoint: report peak host memory of loading it '
+                           'whole and sharded instead of compiling a train step')
+  parser.add_argument('--write_checkpoint', default=None,
+                      help='with --load DIR: first write a random T5.1.1 of this size there '
+                           '(legacy T5X format)')
+  parser.add_argument('--load_modes', default='whole,sharded')
+  parser.add_argument('--processes', type=int, default=1,
+                      help='simulated hosts (processes) sharing the --mesh devices')
+  parser.add_argument('--read_ahead_mib', type=int, default=256,
+                      help='sharded loads: regions read ahead of placement (MiB)')
   args = parser.parse_args(argv)
   if args.topology and not args.mesh and args.num_devices is None:
     args.num_devices = 0  # all of the slice's devices, filled in once it is known
@@ -239,8 +261,34 @@ def _table_line(row: dict) -> str:
           f"{row['compile_seconds']:>7}" + (f"  ({row['note']})" if row['note'] else ''))
 
 
+def load_report(args) -> None:
+  """Peak host memory of loading --load on --processes simulated hosts, per mode."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import load_memory  # pylint: disable=g-import-not-at-top
+  path = args.load
+  if args.write_checkpoint:
+    path = load_memory.write_t5x_checkpoint(args.write_checkpoint, args.load)
+  if not args.json:
+    print(f'Host memory (GiB) per process of loading {path} onto a {args.mesh_shape[0]}x'
+          f'{args.mesh_shape[1]} mesh of {args.processes} processes (simulated hosts).')
+    print(f"{'mode':>8} {'proc':>4} {'model':>7} {'peak':>7} {'shards':>7} {'beyond':>7} "
+          f"{'read':>7}")
+  for mode in args.load_modes.split(','):
+    for row in load_memory.measure(path, mode, args.mesh_shape, args.processes,
+                                   args.read_ahead_mib):
+      if args.json:
+        print(json.dumps(row), flush=True)
+      else:
+        print(f"{row['mode']:>8} {row['process']:>4} {_gib(row['checkpoint_bytes']):>7} "
+              f"{_gib(row['load_peak']):>7} {_gib(row['device_shards']):>7} "
+              f"{_gib(row['beyond_shards']):>7} {_gib(row['bytes_read']):>7}", flush=True)
+
+
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.load:
+    load_report(args)
+    return
   if args.topology:
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # compile for the TPU, run nothing
     devices = tpu_devices(args.topology)
