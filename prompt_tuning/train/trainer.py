@@ -177,7 +177,8 @@ def train(*,
     fresh = not checkpointer.all_steps()
 
     rng = jax.random.PRNGKey(random_seed)
-    params = _initial_params(method, initial_checkpoint_path, random_seed, task_feature_lengths)
+    params = _initial_params(method, initial_checkpoint_path, random_seed, task_feature_lengths,
+                             partitioner)
     base = {'base_checkpoint': initial_checkpoint_path,
             'base_fingerprint': fingerprint(params),
             'base_step': _base_step(initial_checkpoint_path) if initial_checkpoint_path else 0}
@@ -431,15 +432,22 @@ def saved_state(state: TrainState) -> Dict[str, Any]:
 
 
 def _initial_params(method: Method, initial_checkpoint_path: Optional[str], random_seed: int,
-                    task_feature_lengths: Mapping[str, int]) -> Dict[str, Any]:
-  """The pretrained backbone, or T5X's random init when pre-training from scratch."""
+                    task_feature_lengths: Mapping[str, int],
+                    partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
+  """The pretrained backbone, or T5X's random init when pre-training from scratch.
+
+  With a `partitioner` the checkpoint is read shard by shard straight into
+  the training layout: each host reads only what its devices hold.
+  """
   model = method.model
+  init = lambda r: model.init(r, *_dummy_batch(task_feature_lengths))
   if initial_checkpoint_path:
     logging.info('Loading the pretrained model from %s', initial_checkpoint_path)
-    _, params = load_pretrained(initial_checkpoint_path)
+    shardings = (partitioner.variable_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)))
+                 ['params'] if partitioner else None)
+    _, params = load_pretrained(initial_checkpoint_path, shardings)
     check_params(model.config, params, initial_checkpoint_path)
     return params
-  init = lambda r: model.init(r, *_dummy_batch(task_feature_lengths))
   if not method.trains_every(jax.eval_shape(init, jax.random.PRNGKey(0)), 'params'):
     raise gin_utils.ConfigurationError(
         'INITIAL_CHECKPOINT_PATH is None, which means training from scratch, but '
