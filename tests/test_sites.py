@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.model import layers, sites, t5
+from prompt_tuning.model import decoder_only, layers, sites, t5
 from prompt_tuning.model import T5Config, Transformer
 
 CONFIG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
@@ -24,7 +24,13 @@ EXPECTED = {
     'mlp': ('MlpBlock', '__call__'),
     'dense': ('Dense', '__call__'),
     'relative_position_bias': ('RelativePositionBiases', '__call__'),
+    'decoder_input': ('DecoderOnlyLM', 'embed_decoder_inputs'),
+    'decoder_only_layer': ('DecoderOnlyLayer', '__call__'),
 }
+
+
+ENCODER_DECODER_SITES = [name for name, (owner, _) in EXPECTED.items()
+                         if not owner.startswith('DecoderOnly')]
 
 
 def test_the_site_list_is_the_documented_one():
@@ -32,7 +38,9 @@ def test_the_site_list_is_the_documented_one():
   classes = {cls.__name__: cls for cls in (t5.Transformer, t5.EncoderLayer, t5.DecoderLayer,
                                            layers.MultiHeadDotProductAttention,
                                            layers.MlpBlock, layers.Dense,
-                                           layers.RelativePositionBiases)}
+                                           layers.RelativePositionBiases,
+                                           decoder_only.DecoderOnlyLM,
+                                           decoder_only.DecoderOnlyLayer)}
   for site in sites.SITES:
     assert callable(getattr(classes[site.owner], site.method, None)), site
     assert site.name in sites.__doc__, f'{site.name} is not documented in sites.py'
@@ -63,7 +71,7 @@ def _paths(recorder, name):
 
 @pytest.mark.parametrize('remat', ['none', 'full'])
 def test_every_site_is_reached_once_per_call(remat):
-  recorder = Recorder(EXPECTED)
+  recorder = Recorder(ENCODER_DECODER_SITES)
   model = Transformer(CONFIG.replace(remat_policy=remat))
   with sites.attach((recorder,)):
     jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), TOKENS, TOKENS, TOKENS))

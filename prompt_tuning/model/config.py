@@ -1,4 +1,4 @@
-"""The T5.1.1 model configuration and the standard sizes.
+"""The model configurations (T5.1.1 encoder-decoder, T5X decoder-only) and their sizes.
 
 Field names follow T5X's `network.T5Config` so that T5X gin files read
 naturally (`T5Config.emb_dim = 4096`). The two relative-position fields are
@@ -6,7 +6,7 @@ ours: T5X hard-codes them, but real checkpoints (the tiny one in shared/data
 uses 4 buckets) need them configurable.
 """
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import jax.numpy as jnp
 
@@ -91,16 +91,79 @@ SIZES = {
 }
 
 
-def num_parameters(config: T5Config) -> int:
-  """Counts the parameters of `config` from the T5.1.1 tree, without building it."""
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyConfig:
+  """Shape and numerics of a T5X-style decoder-only LM (T5X's decoder-only
+  `network.TransformerConfig`, whose field names these are).
+
+  Attributes:
+    num_layers: decoder blocks; the others are T5Config's.
+    logits_via_embedding: T5X's decoder-only presets tie the output projection
+      to the embedding table (True, its gin files' value); False adds
+      `decoder/logits_dense`.
+    inputs_bidirectional_attention: the prefix LM (T5X's `DecoderOnlyModel`
+      argument of that name): positions marked by `decoder_causal_attention`
+      (the inputs and the first target position) attend to each other in
+      both directions. False: fully causal.
+  """
+  vocab_size: int = 32128
+  emb_dim: int = 768
+  num_heads: int = 12
+  num_layers: int = 12
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.1
+  dtype: Any = 'float32'
+  logits_via_embedding: bool = True
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  remat_policy: str = 'none'
+  inputs_bidirectional_attention: bool = False
+
+  __post_init__ = T5Config.__post_init__
+  activation_dtype = T5Config.activation_dtype
+
+  @property
+  def num_decoder_layers(self) -> int:
+    """The blocks, under the encoder-decoder name that stack-counting code reads."""
+    return self.num_layers
+
+  @property
+  def num_encoder_layers(self) -> int:
+    return 0
+
+  def replace(self, **changes) -> 'DecoderOnlyConfig':
+    return dataclasses.replace(self, **changes)
+
+
+def _decoder_only_size(d, d_ff, heads, layers, **extra) -> DecoderOnlyConfig:
+  return DecoderOnlyConfig(emb_dim=d, mlp_dim=d_ff, num_heads=heads, num_layers=layers,
+                           **extra)
+
+
+# T5X's decoder-only presets (t5x/examples/decoder_only/models/*.gin); `tiny` is ours.
+DECODER_ONLY_SIZES = {
+    'tiny': _decoder_only_size(64, 128, 4, 2, head_dim=16),
+    'base': _decoder_only_size(768, 2048, 12, 12),
+    'large': _decoder_only_size(1024, 2816, 16, 24),
+    'xl': _decoder_only_size(2048, 5120, 32, 24),
+    'xxl': _decoder_only_size(4096, 10240, 64, 24),
+}
+
+
+def num_parameters(config: Union[T5Config, DecoderOnlyConfig]) -> int:
+  """Counts the parameters of `config` from the T5X tree, without building it."""
   d, v = config.emb_dim, config.vocab_size
   kv = config.num_heads * config.head_dim
   attention = 4 * d * kv
   mlp = (len(config.mlp_activations) + 1) * d * config.mlp_dim
   relpos = config.num_heads * config.relative_attention_num_buckets
+  logits = 0 if config.logits_via_embedding else d * v
+  if isinstance(config, DecoderOnlyConfig):
+    return v * d + config.num_layers * (attention + mlp + 2 * d) + d + relpos + logits
   encoder = config.num_encoder_layers * (attention + mlp + 2 * d) + d + relpos
   decoder = config.num_decoder_layers * (2 * attention + mlp + 3 * d) + d + relpos
-  logits = 0 if config.logits_via_embedding else d * v
   return v * d + encoder + decoder + logits
 
 

@@ -131,11 +131,15 @@ class MultiHeadDotProductAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array], *,
-               enable_dropout: bool = False, decode: bool = False) -> Array:
+               enable_dropout: bool = False, decode: bool = False,
+               prefill: bool = False) -> Array:
     """Attends [b, q, d] to [b, k, d] with additive bias [b|1, h|1, q, k].
 
     In cached decoding q is 1 and `bias` covers the whole cache,
     [b|1, h|1, max_len, max_len]; the row of the current position is used.
+    `prefill` (a decoder-only prompt): attends as without a cache and also
+    writes the k keys and values at cache positions 0..k-1; the caller then
+    sets `cache_index` to each example's next position ([b]).
     """
     joined = self.num_heads * self.head_dim
     depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
@@ -151,6 +155,8 @@ class MultiHeadDotProductAttention(nn.Module):
 
     if decode:
       key, value, bias = self._update_cache(key, value, bias)
+    elif prefill:
+      self._prefill_cache(key, value)
     out = self.attend(query, key, value, bias, enable_dropout)
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), self.dtype,
@@ -188,6 +194,8 @@ class MultiHeadDotProductAttention(nn.Module):
     if key.shape[1] != 1:
       raise ValueError(f'Cached decoding takes one position per call, got {key.shape[1]}.')
     index = cache_index.value
+    if index.ndim:
+      return self._update_rows(key, value, bias, cached_key, cached_value, cache_index)
     key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
     value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
     cached_key.value, cached_value.value = key, value
@@ -198,6 +206,32 @@ class MultiHeadDotProductAttention(nn.Module):
     if bias is not None:
       step_bias = step_bias + jax.lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
     return key, value, step_bias
+
+  def _update_rows(self, key, value, bias, cached_key, cached_value, cache_index):
+    """`_update_cache` after a prefill: each example at its own position, index [b]."""
+    index = cache_index.value
+    max_length = cached_key.value.shape[1]
+    here = jnp.arange(max_length)[None, :] == index[:, None]  # [b, max_len]
+    key = jnp.where(here[:, :, None, None], key, cached_key.value)
+    value = jnp.where(here[:, :, None, None], value, cached_value.value)
+    cached_key.value, cached_value.value = key, value
+    cache_index.value = index + 1
+    visible = jnp.where(jnp.arange(max_length)[None, :] <= index[:, None], 0.0, MASK_BIAS)
+    step_bias = visible[:, None, None, :]  # [b, 1, 1, max_len]
+    if bias is not None:
+      rows = jnp.broadcast_to(bias, (index.shape[0],) + bias.shape[1:])
+      step_bias = step_bias + rows[jnp.arange(index.shape[0]), :, index, :][:, :, None, :]
+    return key, value, step_bias
+
+  def _prefill_cache(self, key, value):
+    """Writes keys and values [b, k, h, hd] at cache positions 0..k-1."""
+    if not self.has_variable('cache', 'cached_key'):
+      raise ValueError('Prefill needs a cache: create it first with decode=True and '
+                       'max_decode_length (model.init or apply with mutable=["cache"]).')
+    for name, x in (('cached_key', key), ('cached_value', value)):
+      cached = self.variable('cache', name)
+      cached.value = jax.lax.dynamic_update_slice(cached.value, x.astype(cached.value.dtype),
+                                                  (0, 0, 0, 0))
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,

@@ -8,9 +8,9 @@ layout shows up as a test failure instead of a silently mis-loaded checkpoint.
 
 Paths are '/'-joined, e.g. 'encoder/layers_0/attention/query/kernel'.
 """
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
-from prompt_tuning.model.config import T5Config
+from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 
 Shape = Tuple[int, ...]
 # How many names of each kind an error message lists before summarising.
@@ -43,8 +43,49 @@ def _attention_shapes(config: T5Config) -> Dict[str, Any]:
   }
 
 
-def expected_shapes(config: T5Config) -> Dict[str, Any]:
+def _decoder_only_shapes(config: DecoderOnlyConfig) -> Dict[str, Any]:
+  """T5X's decoder-only tree: everything under `decoder/`, the embedder included."""
+  d = config.emb_dim
+  decoder: Dict[str, Any] = {
+      'token_embedder': {'embedding': (config.vocab_size, d)},
+      'relpos_bias': {'rel_embedding': (config.num_heads,
+                                        config.relative_attention_num_buckets)}}
+  for i in range(config.num_layers):
+    decoder[f'layers_{i}'] = {
+        'pre_self_attention_layer_norm': {'scale': (d,)},
+        'self_attention': _attention_shapes(config),
+        'pre_mlp_layer_norm': {'scale': (d,)},
+        'mlp': _mlp_shapes(config),
+    }
+  decoder['decoder_norm'] = {'scale': (d,)}
+  if not config.logits_via_embedding:
+    decoder['logits_dense'] = {'kernel': (d, config.vocab_size)}
+  return {'decoder': decoder}
+
+
+def is_decoder_only_tree(params: Mapping[str, Any]) -> bool:
+  """Whether a T5X parameter tree is decoder-only (its embedder under `decoder/`)."""
+  return 'encoder' not in params and 'token_embedder' in params.get('decoder', {})
+
+
+def _architecture_error(config, params: Mapping[str, Any], source: str) -> Optional[str]:
+  """One line when `params` is the other architecture than `config`, else None."""
+  decoder_only = isinstance(config, DecoderOnlyConfig)
+  if decoder_only == is_decoder_only_tree(params) or not params:
+    return None
+  if decoder_only:
+    return (f'{source} is an encoder-decoder checkpoint, but the model configuration is '
+            'decoder-only (DecoderOnlyConfig): use an encoder-decoder model gin '
+            '(gin/models/t5_1_1/*.gin) or a decoder-only checkpoint.')
+  return (f'{source} is a decoder-only checkpoint, but the model configuration is '
+          'encoder-decoder (T5Config): use a decoder-only model gin '
+          '(gin/models/decoder_only/*.gin) or an encoder-decoder checkpoint.')
+
+
+def expected_shapes(config: Union[T5Config, DecoderOnlyConfig]) -> Dict[str, Any]:
   """Returns the T5X parameter tree of `config` with shape tuples as leaves."""
+  if isinstance(config, DecoderOnlyConfig):
+    return _decoder_only_shapes(config)
   d = config.emb_dim
   norm = {'scale': (d,)}
   relpos = {
@@ -116,7 +157,7 @@ def _listing(title: str, lines: Iterable[str]) -> str:
   return text
 
 
-def check_params(config: T5Config, params: Mapping[str, Any],
+def check_params(config: Union[T5Config, DecoderOnlyConfig], params: Mapping[str, Any],
                  source: str) -> None:
   """Raises CheckpointError unless `params` has exactly the tree of `config`.
 
@@ -129,6 +170,9 @@ def check_params(config: T5Config, params: Mapping[str, Any],
     CheckpointError: listing missing paths, unexpected paths and paths whose
       shape differs from the expected one.
   """
+  wrong_architecture = _architecture_error(config, params, source)
+  if wrong_architecture:
+    raise CheckpointError(wrong_architecture)
   want = flatten_tree(expected_shapes(config))
   have = flatten_tree(params)
   missing = [p for p in want if p not in have]

@@ -30,7 +30,7 @@ from prompt_tuning.model import hf_checkpoint
 from prompt_tuning.model import shard_reads
 from prompt_tuning.model import t5x_checkpoint
 from prompt_tuning.model import t5x_orbax
-from prompt_tuning.model.config import T5Config
+from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 from prompt_tuning.model.finite import check_finite
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
@@ -207,7 +207,10 @@ def _load_own_checkpoint(path: str, shardings: Any = None) -> Tuple[T5Config, Di
         f'{path} is a delta checkpoint (it trained {trained}); it holds no '
         f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
         'that as the pretrained model and this checkpoint as the delta.')
-  return T5Config(**metadata['model_config']), params
+  fields = metadata['model_config']
+  # A decoder-only record has T5X's decoder-only `num_layers`.
+  config_class = DecoderOnlyConfig if 'num_layers' in fields else T5Config
+  return config_class(**fields), params
 
 
 __all__ = ['ACCEPTED', 'CheckpointError', 'detect_format',

@@ -21,12 +21,19 @@ hd, MLP width m.
 | mlp                    | MlpBlock.__call__                        | x [b, l, d], enable_dropout -> [b, l, d] |
 | dense                  | Dense.__call__                           | x [..., in] -> [..., out] (every projection) |
 | relative_position_bias | RelativePositionBiases.__call__          | q_length, k_length, bidirectional -> [1, h, q, k] (a stack's relative-position bias) |
+| decoder_input          | DecoderOnlyLM.embed_decoder_inputs       | tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l']) (decoder-only) |
+| decoder_only_layer     | DecoderOnlyLayer.__call__                | x [b, l, d], bias [b|1, h, l, l], enable_dropout, decode, prefill -> [b, l, d] |
 
 `attention_scores` runs after keys and values are formed, and in cached
 decoding after the cache is updated, so key [b, max_len, h, hd] is the whole
 cache there: a prefix added at this site is never written to the cache. The
 MLP's hidden activation [b, l, m] is the input of its `wo` dense site.
-`relative_position_bias` runs once per stack (`encoder/relpos_bias`,
+The decoder-only LM (`decoder_only.py`) has `decoder_input` where the
+encoder-decoder has `encoder_input` (`INPUT_SITES`: a prompt-family delta
+treats both alike). Positions a delta inserts there must all come before
+the second token (a prefix, or after BOS); the model drops their outputs.
+In cached decoding no delta sees `decoder_input`: the prefill put the
+prompt into the cache. `relative_position_bias` runs once per stack (`encoder/relpos_bias`,
 `decoder/relpos_bias`) before its layers; in cached decoding it covers the
 whole cache, [1, h, max_len, max_len], and the layers take their row.
 
@@ -74,7 +81,13 @@ SITES: Tuple[Site, ...] = (
     Site('dense', 'Dense', '__call__', 'x [..., in] -> [..., out]'),
     Site('relative_position_bias', 'RelativePositionBiases', '__call__',
          'q_length, k_length, bidirectional -> [1, h, q, k]'),
+    Site('decoder_input', 'DecoderOnlyLM', 'embed_decoder_inputs',
+         'tokens [b, l], valid [b, l] -> (embedded [b, l\', d], valid [b, l\'])'),
+    Site('decoder_only_layer', 'DecoderOnlyLayer', '__call__',
+         'x [b, l, d], bias [b|1, h, l, l], enable_dropout, decode, prefill -> [b, l, d]'),
 )
+# Where each backbone embeds the tokens a prompt joins: deltas treat them alike.
+INPUT_SITES = ('encoder_input', 'decoder_input')
 SITES_BY_NAME: Dict[str, Site] = {site.name: site for site in SITES}
 _BY_METHOD: Dict[Tuple[str, str], Site] = {(s.owner, s.method): s for s in SITES}
 
@@ -163,5 +176,5 @@ def _bind(delta: Any, site: Site, next_fun: Callable[..., Any], module: nn.Modul
   return lambda *args, **kwargs: delta.intercept(site, next_fun, args, kwargs, module)
 
 
-__all__ = ['SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path', 'scratch',
+__all__ = ['INPUT_SITES', 'SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path', 'scratch',
            'site_of']

@@ -28,12 +28,12 @@ Array = jax.Array
 ACTIVATION_AXES = ('batch', 'length', 'embed')
 
 
-def _dropout(config: T5Config) -> nn.Dropout:
+def dropout(config: T5Config) -> nn.Dropout:
   """Hidden-state dropout, one mask shared across the length axis (as T5)."""
   return nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
 
 
-def _mlp_sublayer(config: T5Config, x: Array, enable_dropout: bool) -> Array:
+def mlp_sublayer(config: T5Config, x: Array, enable_dropout: bool) -> Array:
   """pre_mlp_layer_norm -> mlp -> dropout -> residual, the last block of every layer.
 
   Called inside a layer's compact method, so the modules belong to that layer.
@@ -41,7 +41,7 @@ def _mlp_sublayer(config: T5Config, x: Array, enable_dropout: bool) -> Array:
   y = layers.RMSNorm(config.activation_dtype, name='pre_mlp_layer_norm')(x)
   y = layers.MlpBlock(config.mlp_dim, config.mlp_activations, config.dropout_rate,
                       config.activation_dtype, name='mlp')(y, enable_dropout)
-  x = x + _dropout(config)(y, deterministic=not enable_dropout)
+  x = x + dropout(config)(y, deterministic=not enable_dropout)
   return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
@@ -58,8 +58,8 @@ class EncoderLayer(nn.Module):
     y = layers.MultiHeadDotProductAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name='attention')(
             y, y, bias, enable_dropout=enable_dropout)
-    x = x + _dropout(cfg)(y, deterministic=deterministic)
-    return _mlp_sublayer(cfg, x, enable_dropout)
+    x = x + dropout(cfg)(y, deterministic=deterministic)
+    return mlp_sublayer(cfg, x, enable_dropout)
 
 
 class DecoderLayer(nn.Module):
@@ -76,15 +76,15 @@ class DecoderLayer(nn.Module):
     y = layers.RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
     y = attention('self_attention')(y, y, self_bias, enable_dropout=enable_dropout,
                                     decode=decode)
-    x = x + _dropout(cfg)(y, deterministic=deterministic)
+    x = x + dropout(cfg)(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
     y = attention('encoder_decoder_attention')(y, encoded, cross_bias,
                                                enable_dropout=enable_dropout)
-    x = x + _dropout(cfg)(y, deterministic=deterministic)
-    return _mlp_sublayer(cfg, x, enable_dropout)
+    x = x + dropout(cfg)(y, deterministic=deterministic)
+    return mlp_sublayer(cfg, x, enable_dropout)
 
 
-_REMAT_POLICIES = {
+REMAT_POLICIES = {
     'full': None,  # jax.checkpoint's default: nothing saved but the inputs
     'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     'dots': jax.checkpoint_policies.checkpoint_dots,
@@ -103,11 +103,11 @@ def _layer_class(layer: type, remat_policy: str) -> type:
   if remat_policy == 'none':
     return layer
   flags = {EncoderLayer: (3,), DecoderLayer: (5, 6)}[layer]
-  return nn.remat(layer, policy=_REMAT_POLICIES[remat_policy], prevent_cse=True,
+  return nn.remat(layer, policy=REMAT_POLICIES[remat_policy], prevent_cse=True,
                   static_argnums=flags)
 
 
-def _relpos(config: T5Config) -> layers.RelativePositionBiases:
+def relpos(config: T5Config) -> layers.RelativePositionBiases:
   return layers.RelativePositionBiases(
       config.relative_attention_num_buckets, config.relative_attention_max_distance,
       config.num_heads, config.activation_dtype, name='relpos_bias')
@@ -121,15 +121,15 @@ class Encoder(nn.Module):
   def __call__(self, x: Array, mask: Array, enable_dropout: bool = False) -> Array:
     cfg = self.config
     length = x.shape[1]
-    bias = (_relpos(cfg)(length, length, bidirectional=True) +
+    bias = (relpos(cfg)(length, length, bidirectional=True) +
             layers.mask_to_bias(layers.make_attention_mask(mask, mask), cfg.activation_dtype))
-    x = _dropout(cfg)(x, deterministic=not enable_dropout)
+    x = dropout(cfg)(x, deterministic=not enable_dropout)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
     for i in range(cfg.num_encoder_layers):
       x = _layer_class(EncoderLayer, cfg.remat_policy)(cfg, name=f'layers_{i}')(
           x, bias, enable_dropout)
     x = layers.RMSNorm(cfg.activation_dtype, name='encoder_norm')(x)
-    return _dropout(cfg)(x, deterministic=not enable_dropout)
+    return dropout(cfg)(x, deterministic=not enable_dropout)
 
 
 class Decoder(nn.Module):
@@ -152,17 +152,17 @@ class Decoder(nn.Module):
     y = self.shared_embedding(decoder_input_tokens)
     # In cached decoding the bias covers the whole cache; layers slice their row.
     length = max_decode_length if decode and max_decode_length else y.shape[1]
-    self_bias = _relpos(cfg)(length, length, bidirectional=False)
+    self_bias = relpos(cfg)(length, length, bidirectional=False)
     if self_mask is not None:
       self_bias = self_bias + layers.mask_to_bias(self_mask, dtype)
     cross_bias = layers.mask_to_bias(cross_mask, dtype)
-    y = _dropout(cfg)(y, deterministic=not enable_dropout)
+    y = dropout(cfg)(y, deterministic=not enable_dropout)
     y = nn.with_logical_constraint(y, ACTIVATION_AXES)
     for i in range(cfg.num_decoder_layers):
       y = _layer_class(DecoderLayer, cfg.remat_policy)(cfg, name=f'layers_{i}')(
           y, encoded, self_bias, cross_bias, enable_dropout, decode)
     y = layers.RMSNorm(dtype, name='decoder_norm')(y)
-    y = _dropout(cfg)(y, deterministic=not enable_dropout)
+    y = dropout(cfg)(y, deterministic=not enable_dropout)
     if cfg.logits_via_embedding:
       # Tied output projection, scaled as T5X does for the shared case.
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(dtype)

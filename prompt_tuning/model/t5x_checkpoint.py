@@ -26,9 +26,10 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 
 from prompt_tuning.model import shard_reads
-from prompt_tuning.model.config import T5Config
+from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
+from prompt_tuning.model.param_shapes import is_decoder_only_tree
 from prompt_tuning.model.param_shapes import unflatten_tree
 
 MSGPACK_NAME = 'checkpoint'
@@ -279,6 +280,8 @@ def config_from_t5x_params(params: Mapping[str, Any], *,
   Returns:
     The configuration, checked against every shape with `check_params`.
   """
+  if is_decoder_only_tree(params):
+    return _decoder_only_config(params, source, **overrides)
   try:
     vocab, emb_dim = params['token_embedder']['embedding'].shape
     encoder, decoder = params['encoder'], params['decoder']
@@ -317,6 +320,33 @@ def config_from_t5x_params(params: Mapping[str, Any], *,
       relative_attention_max_distance=128)
   fields.update(overrides)
   config = T5Config(**fields)
+  check_params(config, params, source)
+  return config
+
+
+def _decoder_only_config(params: Mapping[str, Any], source: str,
+                         **overrides) -> DecoderOnlyConfig:
+  """The `DecoderOnlyConfig` a T5X decoder-only tree's shapes imply (checked)."""
+  decoder = params['decoder']
+  try:
+    vocab, emb_dim = decoder['token_embedder']['embedding'].shape
+    heads, buckets = decoder['relpos_bias']['rel_embedding'].shape
+    layer = decoder['layers_0']
+    kv = layer['self_attention']['query']['kernel'].shape[1]
+    mlp = layer['mlp']
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise CheckpointError(f'{source} does not look like T5X decoder-only parameters: cannot '
+                          f'find {e} (decoder keys: {sorted(decoder)})') from e
+  gated = 'wi_0' in mlp
+  fields = dict(
+      vocab_size=int(vocab), emb_dim=int(emb_dim), num_heads=int(heads),
+      head_dim=int(kv // heads), mlp_dim=int(mlp['wi_0' if gated else 'wi']['kernel'].shape[1]),
+      mlp_activations=('gelu', 'linear') if gated else ('relu',),
+      num_layers=_layer_count(decoder, 'decoder', source),
+      logits_via_embedding='logits_dense' not in decoder,
+      relative_attention_num_buckets=int(buckets))
+  fields.update(overrides)
+  config = DecoderOnlyConfig(**fields)
   check_params(config, params, source)
   return config
 

@@ -1,0 +1,289 @@
+"""The model contract: what the step, evaluation, decoding and rank classification
+need from a backbone, once per architecture (as T5X's `BaseModel` subclasses).
+
+    arch = contract.of(model)              # EncoderDecoder() or DecoderOnly()
+    converter = arch.feature_converter()   # seqio, unpacked by default
+    logits = arch.logits(model, variables, batch)             # loss inputs
+    scores = arch.score(model, variables, *[batch[k] for k in arch.score_features])
+    step, cache, start = arch.prefill(model, variables, *predict_arrays, max_decode_length=T)
+
+| | EncoderDecoder (`t5.Transformer`) | DecoderOnly (`decoder_only.DecoderOnlyLM`) |
+|---|---|---|
+| features | `EncDecFeatureConverter` | `DecoderFeatureConverter` (inputs + targets: prefix LM features) |
+| predict_features | encoder_input_tokens [b, L] | decoder_input_tokens, decoder_causal_attention [b, L + T] |
+| score_features | + decoder_target_tokens [b, T] | + decoder_target_tokens, decoder_loss_weights |
+| rank context | the encoding, once per example | the inputs (plain full-sequence scoring of inputs + label) |
+| prefill | encode once | one pass over BOS + (prompt) + inputs fills the cache |
+
+Decoding starts from `start` [b] (enc-dec: id 0; decoder-only: each
+example's last input token, whose output is the first target, as T5X) and
+each step feeds one token: `step(tokens [n, 1], cache) -> (logits [n, V], cache)`.
+Predictions are the T target positions only.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from prompt_tuning.model.config import DecoderOnlyConfig
+from prompt_tuning.model.decoder_only import DecoderOnlyLM
+from prompt_tuning.model.losses import sequence_scores
+from prompt_tuning.model.t5 import Transformer
+
+Array = jax.Array
+Variables = Dict[str, Any]
+Batch = Mapping[str, Array]
+StepFn = Callable[[Array, Any], Tuple[Array, Any]]
+
+
+def _repeat(x: Any, times: int) -> Any:
+  """Every leaf with a batch axis [b, ...] -> [b * times, ...] (rows repeated in place)."""
+  if times == 1:
+    return x
+  return jax.tree_util.tree_map(lambda a: jnp.repeat(a, times, axis=0) if a.ndim else a, x)
+
+
+def _empty_cache(model: nn.Module, *init_args: Array, **init_kwargs) -> Any:
+  """The 'cache' collection the model creates for these shapes, zeros."""
+  cache = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *init_args, decode=True,
+                                            **init_kwargs))['cache']
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+
+
+def _label_matrix(label_tokens: Sequence[Sequence[int]]) -> np.ndarray:
+  """Label ids (EOS included) -> [labels, longest] zero-padded."""
+  targets = np.zeros((len(label_tokens), max(len(t) for t in label_tokens)), np.int32)
+  for i, ids in enumerate(label_tokens):
+    targets[i, :len(ids)] = ids
+  return targets
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoder:
+  """T5.1.1 (`t5.Transformer`): T5X's `EncoderDecoderModel`."""
+  name = 'encoder_decoder'
+  predict_features = ('encoder_input_tokens',)
+  score_features = ('encoder_input_tokens', 'decoder_target_tokens')
+
+  def feature_converter(self, pack: bool = False) -> seqio.FeatureConverter:
+    return seqio.EncDecFeatureConverter(pack=pack)
+
+  def logits(self, model: nn.Module, variables: Variables, batch: Batch, **apply_kwargs):
+    """Teacher-forced logits [b, T, V] (with `mutable`: (logits, mutated))."""
+    return model.apply(variables, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                       batch['decoder_target_tokens'], **apply_kwargs)
+
+  def init_args(self, feature_lengths: Mapping[str, int]) -> Tuple[Array, ...]:
+    """Arguments of `model.init` for one example of the task's lengths."""
+    ones = lambda key: jnp.ones((1, feature_lengths[key]), jnp.int32)
+    return ones('inputs'), ones('targets'), ones('targets')
+
+  def input_tokens(self, batch: Mapping[str, np.ndarray]) -> int:
+    """Non-padding tokens the model reads in `batch` (throughput)."""
+    return int(np.sum(batch['encoder_input_tokens'] > 0) +
+               np.sum(batch['decoder_target_tokens'] > 0))
+
+  def score(self, model: nn.Module, variables: Variables, encoder_input_tokens: Array,
+            decoder_target_tokens: Array) -> Array:
+    """Sum of target log-likelihoods per example [b] (T5X's `score_batch`)."""
+    decoder_input_tokens = jnp.concatenate(
+        [jnp.zeros_like(decoder_target_tokens[:, :1]), decoder_target_tokens[:, :-1]], 1)
+    logits = model.apply(variables, encoder_input_tokens, decoder_input_tokens,
+                         decoder_target_tokens)
+    return sequence_scores(logits, decoder_target_tokens)
+
+  def rank_context(self, model: nn.Module, variables: Variables,
+                   encoder_input_tokens: Array) -> Tuple[Array, Array]:
+    """The encoding [b, L', d], computed once for every label, with its tokens."""
+    return model.apply(variables, encoder_input_tokens, method=Transformer.encode), \
+        encoder_input_tokens
+
+  def label_scores(self, model: nn.Module, variables: Variables, context: Tuple[Array, Array],
+                   label_tokens: Sequence[Sequence[int]]) -> Array:
+    """Scores [b, labels] of every label against the shared encoding.
+
+    `variables`' per-example leaves are already repeated once per label
+    (rows [b * labels], example-major).
+    """
+    encoded, tokens = context
+    labels, batch = len(label_tokens), tokens.shape[0]
+    targets = jnp.tile(jnp.asarray(_label_matrix(label_tokens)), (batch, 1))
+    decoder_inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
+    logits = model.apply(variables, jnp.repeat(encoded, labels, axis=0),
+                         jnp.repeat(tokens, labels, axis=0), decoder_inputs, targets,
+                         method=Transformer.decode)
+    return sequence_scores(logits, targets).reshape(batch, labels)
+
+  def prefill(self, model: nn.Module, variables: Variables, encoder_input_tokens: Array, *,
+              max_decode_length: int, copies: int = 1) -> Tuple[StepFn, Any, Array]:
+    """Encodes once; (step, empty cache, start ids 0) for b * copies rows."""
+    batch = encoder_input_tokens.shape[0] * copies
+    encoded = model.apply(variables, encoder_input_tokens, method=Transformer.encode)
+    encoded, tokens = _repeat(encoded, copies), _repeat(encoder_input_tokens, copies)
+    placeholder = jnp.zeros((batch, max_decode_length), jnp.int32)
+    cache = _empty_cache(model, tokens, placeholder, placeholder,
+                         max_decode_length=max_decode_length)
+    frozen = {k: v for k, v in variables.items() if k != 'cache'}
+
+    def step(step_tokens, cache):
+      logits, mutated = model.apply(
+          {**frozen, 'cache': cache}, encoded, tokens, step_tokens, decode=True,
+          max_decode_length=max_decode_length, method=Transformer.decode, mutable=['cache'])
+      return logits[:, 0], mutated['cache']
+
+    return step, cache, jnp.zeros((batch,), jnp.int32)
+
+
+def _inputs_part(decoder_input_tokens: Array, causal_attention: Array) -> Tuple[Array, Array]:
+  """(BOS + inputs [b, L] with the targets zeroed, number of input tokens n [b]).
+
+  `decoder_causal_attention` covers BOS and the n inputs (n + 1 positions):
+  position n holds the last input token, whose output is the first target.
+  """
+  ca = causal_attention.astype(decoder_input_tokens.dtype)
+  return decoder_input_tokens * ca, jnp.sum(ca, axis=1) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnly:
+  """The decoder-only LM (`DecoderOnlyLM`): T5X's `DecoderOnlyModel`.
+
+  Examples with inputs and targets are one sequence [BOS, inputs, targets]
+  whose loss covers the targets only (seqio's `decoder_loss_weights`).
+  """
+  name = 'decoder_only'
+  predict_features = ('decoder_input_tokens', 'decoder_causal_attention')
+  score_features = ('decoder_input_tokens', 'decoder_target_tokens',
+                    'decoder_causal_attention', 'decoder_loss_weights')
+
+  def feature_converter(self, pack: bool = False) -> seqio.FeatureConverter:
+    return seqio.DecoderFeatureConverter(pack=pack)
+
+  def logits(self, model: nn.Module, variables: Variables, batch: Batch, **apply_kwargs):
+    return model.apply(variables, batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                       decoder_segment_ids=batch.get('decoder_segment_ids'),
+                       decoder_causal_attention=batch.get('decoder_causal_attention'),
+                       **apply_kwargs)
+
+  def init_args(self, feature_lengths: Mapping[str, int]) -> Tuple[Array, ...]:
+    """One sequence of the inputs' and targets' lengths together (the converter's)."""
+    length = feature_lengths['targets'] + feature_lengths.get('inputs', 0)
+    return jnp.ones((1, length), jnp.int32), jnp.ones((1, length), jnp.int32)
+
+  def input_tokens(self, batch: Mapping[str, np.ndarray]) -> int:
+    return int(np.sum(batch['decoder_target_tokens'] > 0))
+
+  def score(self, model: nn.Module, variables: Variables, decoder_input_tokens: Array,
+            decoder_target_tokens: Array, decoder_causal_attention: Array,
+            decoder_loss_weights: Array) -> Array:
+    """Sum of the target tokens' log-likelihoods [b] (inputs are not scored, as T5X)."""
+    logits = model.apply(variables, decoder_input_tokens, decoder_target_tokens,
+                         decoder_causal_attention=decoder_causal_attention)
+    return sequence_scores(logits, decoder_target_tokens, decoder_loss_weights)
+
+  def rank_context(self, model: nn.Module, variables: Variables, decoder_input_tokens: Array,
+                   decoder_causal_attention: Array) -> Tuple[Array, Array]:
+    """(BOS + inputs [b, L], n [b]): each label is scored in a full pass after them."""
+    del model, variables
+    return _inputs_part(decoder_input_tokens, decoder_causal_attention)
+
+  def label_scores(self, model: nn.Module, variables: Variables, context: Tuple[Array, Array],
+                   label_tokens: Sequence[Sequence[int]]) -> Array:
+    """Scores [b, labels]: the sequence [BOS, inputs, label] per row, the label scored.
+
+    A plain full-sequence pass per (example, label) row; the inputs are not
+    shared between labels through the cache.
+    """
+    inputs, n = context
+    labels, batch = len(label_tokens), inputs.shape[0]
+    matrix = jnp.asarray(_label_matrix(label_tokens))  # [labels, M]
+    width = inputs.shape[1] + matrix.shape[1]
+    inputs = jnp.repeat(inputs, labels, axis=0)
+    n = jnp.repeat(n, labels)[:, None]
+    label = jnp.tile(matrix, (batch, 1))
+    j = jnp.arange(width)[None, :]
+    # Target j is input token j + 1 (inputs[:, 0] is BOS) before n, label j - n after.
+    after_bos = jnp.pad(inputs[:, 1:], ((0, 0), (0, width - inputs.shape[1] + 1)))
+    in_label = jnp.take_along_axis(label, jnp.clip(j - n, 0, matrix.shape[1] - 1), axis=1)
+    targets = jnp.where(j < n, after_bos, jnp.where(j - n < matrix.shape[1], in_label, 0))
+    decoder_inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
+    causal_attention = (j <= n).astype(jnp.int32)
+    logits = model.apply(variables, decoder_inputs, targets,
+                         decoder_causal_attention=causal_attention)
+    weights = (j >= n) & (targets > 0)
+    return sequence_scores(logits, targets, weights).reshape(batch, labels)
+
+  def prefill(self, model: nn.Module, variables: Variables, decoder_input_tokens: Array,
+              decoder_causal_attention: Array, *, max_decode_length: int, copies: int = 1
+              ) -> Tuple[StepFn, Any, Array]:
+    """One pass over [BOS, (prompt), inputs] fills the cache; (step, cache, start [b * copies]).
+
+    The cache holds the L + e positions of the features (e: a delta's input
+    positions); each example continues at its own index n + e, re-feeding its
+    last input token (T5X's prefill), so the first step predicts target 1.
+    `max_decode_length` steps fit when it is at most the features' target
+    length (L = inputs + targets lengths).
+    """
+    del max_decode_length  # the features' length bounds it
+    inputs, n = _inputs_part(decoder_input_tokens, decoder_causal_attention)
+    frozen = {k: v for k, v in variables.items() if k != 'cache'}
+    valid = decoder_causal_attention > 0
+    extra = jax.eval_shape(lambda: model.apply(
+        frozen, inputs, valid, method=DecoderOnlyLM.embed_decoder_inputs_attached))[0].shape[1]
+    extra -= inputs.shape[1]
+    cache_length = inputs.shape[1] + extra
+    cache = _empty_cache(model, jnp.ones((inputs.shape[0], cache_length), jnp.int32), None,
+                         max_decode_length=cache_length)
+    # The padding mask of the prefill is the inputs region, BOS included (as T5X).
+    _, mutated = model.apply({**frozen, 'cache': cache}, inputs, decoder_causal_attention,
+                             decoder_causal_attention=decoder_causal_attention, prefill=True,
+                             mutable=['cache'])
+    flat = traverse_util.flatten_dict(mutated['cache'])
+    index = (n + extra).astype(jnp.int32)
+    flat = {k: index if k[-1] == 'cache_index' else v for k, v in flat.items()}
+    cache = _repeat(traverse_util.unflatten_dict(flat), copies)
+    start = _repeat(jnp.take_along_axis(inputs, n[:, None], axis=1)[:, 0], copies)
+
+    def step(step_tokens, cache):
+      logits, mutated = model.apply({**frozen, 'cache': cache}, step_tokens, None,
+                                    decode=True, max_decode_length=cache_length,
+                                    mutable=['cache'])
+      return logits[:, 0], mutated['cache']
+
+    return step, cache, start
+
+
+ENCODER_DECODER = EncoderDecoder()
+DECODER_ONLY = DecoderOnly()
+
+
+def of(model: nn.Module):
+  """The architecture of `model` (a `Transformer` or a `DecoderOnlyLM`)."""
+  if isinstance(model, DecoderOnlyLM):
+    return DECODER_ONLY
+  if isinstance(model, Transformer):
+    return ENCODER_DECODER
+  raise TypeError(f'{type(model).__name__} is neither a Transformer nor a DecoderOnlyLM: '
+                  'the model contract (prompt_tuning/model/contract.py) knows those two.')
+
+
+def build(config: Any, deltas: Sequence[Any] = ()) -> nn.Module:
+  """The backbone `config` describes, with `deltas` attached."""
+  if isinstance(config, DecoderOnlyConfig):
+    return DecoderOnlyLM(config, deltas=tuple(deltas))
+  return Transformer(config, deltas=tuple(deltas))
+
+
+def for_config(config: Any):
+  """The architecture a model config builds (`DecoderOnlyConfig` or `T5Config`)."""
+  return DECODER_ONLY if isinstance(config, DecoderOnlyConfig) else ENCODER_DECODER
+
+
+__all__ = ['DECODER_ONLY', 'DecoderOnly', 'ENCODER_DECODER', 'EncoderDecoder', 'build',
+           'for_config',
+           'of']
