@@ -214,6 +214,7 @@ def test_eval_before_training_scores_the_untrained_prompt(tmp_path, random_tiny_
 
 def test_rank_classification_evaluation_predicts_only_labels(tmp_path, random_tiny_hf):
   from prompt_tuning.infer import evaluation  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import contract  # pylint: disable=g-import-not-at-top
   state = _train_in_process(_args('gin/models/t5_1_1/tiny.gin', random_tiny_hf,
                                   tmp_path / 'run', steps=1, base_step=0))
   evaluator = evaluation.InferenceEvaluator(
@@ -222,7 +223,7 @@ def test_rank_classification_evaluation_predicts_only_labels(tmp_path, random_ti
   model = gin_utils.macro('METHOD').model
   predict_fn = evaluator._make_predict_fn(model, state.variables)  # pylint: disable=protected-access
   task = __import__('seqio').get_mixture_or_task('fixture_sentiment')
-  dataset = evaluation.FEATURE_CONVERTER(
+  dataset = contract.of(model).feature_converter()(
       task.get_dataset({'inputs': 16, 'targets': 4}, split='validation', shuffle=False),
       {'inputs': 16, 'targets': 4}).enumerate()
   vocabulary = task.output_features['targets'].vocabulary

@@ -106,17 +106,18 @@ def replicate_for_ensemble(encoder_input_tokens: Array, num_members: int
 
 
 def run_ensemble(fn: Callable[..., Any], variables: Variables, stacked: Optional[Variables],
-                 encoder_input_tokens: Array, *per_example: Array) -> Any:
+                 tokens: Array, *per_example: Array) -> Any:
   """`fn(variables, tokens, *per_example)` with every example once per bank member.
 
+  `tokens` [b, L] are the model's input tokens (`contract`'s first feature).
   Rows of the result are [b * N, ...] (`replicate_for_ensemble`'s order);
   other per-example arrays (e.g. targets to score) are repeated to match.
   With `stacked` None this is `fn` on the inputs as they are.
   """
   if stacked is None:
-    return fn(variables, encoder_input_tokens, *per_example)
+    return fn(variables, tokens, *per_example)
   copies = size(stacked)
-  tokens, index = replicate_for_ensemble(encoder_input_tokens, copies)
+  tokens, index = replicate_for_ensemble(tokens, copies)
   variables = paths.merge(variables, select(stacked, index))
   return fn(variables, tokens, *[jnp.repeat(x, copies, axis=0) for x in per_example])
 

@@ -35,7 +35,8 @@ from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import loading
 from prompt_tuning.infer import predict
 from prompt_tuning.infer import truncation
-from prompt_tuning.infer.evaluation import FEATURE_CONVERTER, padded_batches
+from prompt_tuning.infer.evaluation import padded_batches
+from prompt_tuning.model import contract
 
 MODES = ('predict', 'score')
 
@@ -63,17 +64,18 @@ def _make_run(mode: str, model: nn.Module, max_length: int,
               decoding: predict.DecodingConfig) -> Callable:
   """The jitted pass, `bank` None or a stacked bank of N (an ensemble: rows [b * N]).
 
-  predict: (variables, bank, tokens [b, L], rng) -> tokens [b(*N), max_length];
-  score: (variables, bank, tokens [b, L], targets [b, T]) -> scores [b(*N)].
+  predict: (variables, bank, rng, *predict_features) -> tokens [b(*N), max_length];
+  score: (variables, bank, *score_features) -> scores [b(*N)] (`model.contract`'s
+  features, e.g. encoder_input_tokens [b, L] and decoder_target_tokens [b, T]).
   """
   if mode == 'predict':
-    def run(variables, bank, tokens, rng):
-      fn = lambda v, x: predict.decode(model, v, x, max_length, decoding, rng)
-      return bank_lib.run_ensemble(fn, variables, bank, tokens)
+    def run(variables, bank, rng, *features):
+      fn = lambda v, *x: predict.decode(model, v, x, max_length, decoding, rng)
+      return bank_lib.run_ensemble(fn, variables, bank, *features)
   else:
-    def run(variables, bank, tokens, targets):
-      fn = lambda v, x, y: predict.score(model, v, x, y)
-      return bank_lib.run_ensemble(fn, variables, bank, tokens, targets)
+    def run(variables, bank, *features):
+      fn = lambda v, *x: predict.score(model, v, *x)
+      return bank_lib.run_ensemble(fn, variables, bank, *features)
   return jax.jit(run)
 
 
@@ -97,7 +99,9 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
     dataset = dataset.take(num_examples)
   # The feature converter maps example by example, so its rows stay aligned
   # with the examples (which keep the text).
-  model_dataset = FEATURE_CONVERTER(truncation.trim(dataset, lengths), lengths).enumerate()
+  arch = contract.of(loaded.model)
+  model_dataset = arch.feature_converter()(truncation.trim(dataset, lengths),
+                                           lengths).enumerate()
   examples = dataset.as_numpy_iterator()
   inputs_vocab = task.output_features['inputs'].vocabulary
   targets_vocab = task.output_features['targets'].vocabulary
@@ -108,12 +112,12 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
 
   count, start, truncated, non_finite = 0, time.perf_counter(), 0, 0
   for number, (_, features, real) in enumerate(padded_batches(model_dataset, batch_size)):
-    tokens = features['encoder_input_tokens']
     if mode == 'predict':
-      out = np.asarray(run(loaded.variables, bank, tokens, jax.random.fold_in(base_rng, number)))
+      out = np.asarray(run(loaded.variables, bank, jax.random.fold_in(base_rng, number),
+                           *[features[k] for k in arch.predict_features]))
       out = bank_lib.vote_rows(out, copies) if copies > 1 else out
     else:
-      out = np.asarray(run(loaded.variables, bank, tokens, features['decoder_target_tokens']))
+      out = np.asarray(run(loaded.variables, bank, *[features[k] for k in arch.score_features]))
       out = out.reshape(-1, copies).mean(axis=1)  # the mean over prompts
     cut_in_batch = 0
     for row in range(real):

@@ -4,12 +4,13 @@ Both work on a step function
 
     tokens_to_logits(tokens [n, 1], cache) -> (logits [n, vocab], cache)
 
-so they know nothing of the model. T5 conventions: decoding starts from id 0,
+so they know nothing of the model. T5 conventions: decoding starts from id 0
+(or given start tokens: a decoder-only model's last input token),
 stops at EOS (id 1); positions after a sequence's EOS are 0 (padding).
 Greedy decoding is sampling at temperature 0. Beam search ranks finished
 beams by log-probability / ((5 + length) / 6)^alpha, T5X's brevity penalty.
 """
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +37,12 @@ def _filter_top_k_top_p(logits: Array, top_k: int, top_p: float) -> Array:
 
 def temperature_sample(tokens_to_logits: StepFn, cache: Any, batch_size: int,
                        max_length: int, rng: Array = None, *, temperature: float = 0.0,
-                       top_k: int = 0, top_p: float = 1.0, eos_id: int = 1
-                       ) -> Tuple[Array, Array]:
+                       top_k: int = 0, top_p: float = 1.0, eos_id: int = 1,
+                       start: Optional[Array] = None) -> Tuple[Array, Array]:
   """Samples (or, at temperature 0, greedily picks) up to `max_length` tokens.
+
+  `start` [b] is the first token fed (default id 0; a decoder-only model's
+  last input token after its prefill).
 
   Returns:
     (tokens [b, max_length], log-probabilities of the chosen tokens summed [b]).
@@ -67,7 +71,7 @@ def temperature_sample(tokens_to_logits: StepFn, cache: Any, batch_size: int,
     done = done | (next_token == eos_id)
     return i + 1, next_token, cache, done, out, score, rng
 
-  start = jnp.zeros((batch_size,), jnp.int32)
+  start = jnp.zeros((batch_size,), jnp.int32) if start is None else start.astype(jnp.int32)
   carry = (0, start, cache, jnp.zeros((batch_size,), bool),
            jnp.zeros((batch_size, max_length), jnp.int32), jnp.zeros((batch_size,)), rng)
   _, _, _, _, out, score, _ = jax.lax.while_loop(cond, body, carry)
@@ -91,9 +95,11 @@ def _gather_beams(tree: Any, indices: Array, batch_size: int, beams: int) -> Any
 
 
 def beam_search(tokens_to_logits: StepFn, cache: Any, batch_size: int, max_length: int,
-                beams: int = 4, alpha: float = 0.6, eos_id: int = 1
-                ) -> Tuple[Array, Array]:
+                beams: int = 4, alpha: float = 0.6, eos_id: int = 1,
+                start: Optional[Array] = None) -> Tuple[Array, Array]:
   """Beam search over a cache whose leaves have batch_size * beams rows.
+
+  `start` [b * beams]: the first token fed (default id 0), as in sampling.
 
   Returns:
     (sequences [b, beams, max_length], scores [b, beams]), best first; the
@@ -101,7 +107,7 @@ def beam_search(tokens_to_logits: StepFn, cache: Any, batch_size: int, max_lengt
   """
   def body(carry):
     i, alive_seq, alive_logp, cache, fin_seq, fin_score = carry
-    last = _last_token(alive_seq, i)
+    last = _last_token(alive_seq, i, first)
     logits, cache = tokens_to_logits(last.reshape(-1, 1), cache)
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beams, vocab)
@@ -135,6 +141,8 @@ def beam_search(tokens_to_logits: StepFn, cache: Any, batch_size: int, max_lengt
     can_improve = jnp.any(best_alive > fin_score[:, -1])
     return (i < max_length) & can_improve
 
+  first = (jnp.zeros((batch_size, beams), jnp.int32) if start is None
+           else start.reshape(batch_size, beams).astype(jnp.int32))
   alive_seq = jnp.zeros((batch_size, beams, max_length), jnp.int32)
   # Only the first beam is live at the start, so the beams do not duplicate.
   alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beams - 1)), (batch_size, 1))
@@ -150,8 +158,8 @@ def beam_search(tokens_to_logits: StepFn, cache: Any, batch_size: int, max_lengt
   return sequences, scores
 
 
-def _last_token(sequences: Array, i: Array) -> Array:
-  """The token at position i - 1 of [b, beams, length] (0, the start id, at i = 0)."""
+def _last_token(sequences: Array, i: Array, first: Array) -> Array:
+  """The token at position i - 1 of [b, beams, length] (`first` [b, beams] at i = 0)."""
   previous = jax.lax.dynamic_index_in_dim(sequences, jnp.maximum(i - 1, 0), axis=2,
                                           keepdims=False)
-  return jnp.where(i == 0, 0, previous)
+  return jnp.where(i == 0, first, previous)

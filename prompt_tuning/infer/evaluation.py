@@ -25,10 +25,9 @@ from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import predict
 from prompt_tuning.infer import truncation
+from prompt_tuning.model import contract
 
 Variables = Dict[str, Any]
-# Inference reads unpacked examples, one per row, in the dataset's order.
-FEATURE_CONVERTER = seqio.EncDecFeatureConverter(pack=False)
 
 
 def to_host(x: Any) -> np.ndarray:
@@ -100,17 +99,28 @@ class InferenceEvaluator:
             for task in seqio.get_subtasks(provider)}
 
   @functools.cached_property
-  def _evaluator(self) -> seqio.Evaluator:
-    # Built on first use: gin constructs this object before the run imports
-    # MIXTURE_OR_TASK_MODULE, which registers the task.
+  def _evaluators(self) -> Dict[str, seqio.Evaluator]:
+    return {}
+
+  def _evaluator(self, model: nn.Module) -> seqio.Evaluator:
+    """seqio's Evaluator with the model's feature converter (unpacked: one example
+    per row, in the dataset's order), made once per architecture.
+
+    Built on first use: gin constructs this object before the run imports
+    MIXTURE_OR_TASK_MODULE, which registers the task.
+    """
+    arch = contract.of(model)
+    if arch.name in self._evaluators:
+      return self._evaluators[arch.name]
     loggers = ()
     if self.log_dir and jax.process_index() == 0:  # every host evaluates, one writes
       tf.io.gfile.makedirs(self.log_dir)  # seqio's JSON logger does not create it
       loggers = (seqio.PyLoggingLogger, seqio.JSONLogger, seqio.TensorBoardLogger)
-    return seqio.Evaluator(
-        self.task_name, FEATURE_CONVERTER, eval_split=self.split,
+    self._evaluators[arch.name] = seqio.Evaluator(
+        self.task_name, arch.feature_converter(), eval_split=self.split,
         use_cached=self.use_cached, sequence_length=dict(self.feature_lengths),
         num_examples=self.num_examples, logger_cls=loggers, log_dir=self.log_dir)
+    return self._evaluators[arch.name]
 
   def evaluate(self, model: nn.Module, variables: Variables, step: Optional[int] = None,
                bank: Optional[Variables] = None) -> Dict[str, Dict[str, float]]:
@@ -123,7 +133,7 @@ class InferenceEvaluator:
         scores the mean.
     """
     _ = self.over_length  # counted (and logged) on the first evaluation only
-    metrics, _ = self._evaluator.evaluate(
+    metrics, _ = self._evaluator(model).evaluate(
         compute_metrics=True, step=step,
         predict_fn=self._make_predict_fn(model, variables, bank),
         score_fn=self._make_score_fn(model, variables, bank))
@@ -160,6 +170,7 @@ class InferenceEvaluator:
       return _compiled.__wrapped__(*args)
 
   def _make_predict_fn(self, model, variables, bank=None):
+    arch = contract.of(model)
     if self.rank_classification_labels:
       # Padded to the longest label: seqio stacks a task's predictions into one
       # array, and decoding stops at each label's EOS before the padding.
@@ -177,7 +188,7 @@ class InferenceEvaluator:
       del model_feature_shapes
       out = []
       for indices, features, real in padded_batches(dataset, self.batch_size):
-        result = to_host(run(variables, bank, features['encoder_input_tokens']))
+        result = to_host(run(variables, bank, *[features[k] for k in arch.predict_features]))
         if copies > 1:
           result = bank_lib.vote_rows(result, copies)
         out.extend(zip(indices.tolist(), to_tokens(result[:real].tolist())))
@@ -186,6 +197,7 @@ class InferenceEvaluator:
     return predict_fn
 
   def _make_score_fn(self, model, variables, bank=None):
+    arch = contract.of(model)
     run = self._jitted(model, 'score')
     copies = 1 if bank is None else bank_lib.size(bank)
 
@@ -193,8 +205,7 @@ class InferenceEvaluator:
       del model_feature_shapes
       out = []
       for indices, features, real in padded_batches(dataset, self.batch_size):
-        scores = to_host(run(variables, bank, features['encoder_input_tokens'],
-                             features['decoder_target_tokens']))
+        scores = to_host(run(variables, bank, *[features[k] for k in arch.score_features]))
         scores = scores.reshape(-1, copies).mean(axis=1)  # the mean over members
         out.extend(zip(indices.tolist(), scores[:real].tolist()))
       return out
@@ -212,10 +223,11 @@ def _compiled(model: nn.Module, kind: str, max_length: int, decoding: predict.De
   compare by their fields. `bank` is None or a stacked bank (an ensemble,
   see `InferenceEvaluator.evaluate`).
   """
+  # The arrays are the architecture's predict (or score) features, in order.
   if kind == 'rank':
-    fn = lambda v, x: predict.rank_classify(model, v, x, labels)
+    fn = lambda v, *x: predict.rank_classify(model, v, x, labels)
   elif kind == 'decode':
-    fn = lambda v, x: predict.decode(model, v, x, max_length, decoding)
+    fn = lambda v, *x: predict.decode(model, v, x, max_length, decoding)
   else:
-    fn = lambda v, x, y: predict.score(model, v, x, y)
+    fn = lambda v, *x: predict.score(model, v, *x)
   return jax.jit(functools.partial(bank_lib.run_ensemble, fn))

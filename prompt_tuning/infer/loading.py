@@ -27,6 +27,7 @@ collection, or, for a prompt, rebuilt from its shape.
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
@@ -37,11 +38,11 @@ from prompt_tuning.deltas.records import recorded_deltas
 from prompt_tuning.gin_utils import ConfigurationError
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.model import checkpoints
+from prompt_tuning.model import contract
 from prompt_tuning.model import load_pretrained
 from prompt_tuning.model import pretrained
 from prompt_tuning.model.finite import check_finite
 from prompt_tuning.model.param_shapes import check_params, expected_shapes, flatten_tree
-from prompt_tuning.model.t5 import Transformer
 
 Variables = Dict[str, Any]
 
@@ -59,14 +60,14 @@ class Loaded:
     step: the checkpoint's step (None for prompt files).
     source: what was loaded, for logs.
   """
-  model: Transformer
+  model: nn.Module
   variables: Variables
   bank: Optional[Variables]
   step: Optional[int]
   source: str
 
 
-def merged(model: Transformer, variables: Variables) -> Tuple[Transformer, Variables]:
+def merged(model: nn.Module, variables: Variables) -> Tuple[nn.Module, Variables]:
   """The model without its mergeable deltas (LoRA, IA3, ...), those folded into `params`.
 
   Serves the same outputs with no delta overhead; the other deltas stay attached.
@@ -77,7 +78,7 @@ def merged(model: Transformer, variables: Variables) -> Tuple[Transformer, Varia
       variables = delta.merge(variables)
     else:
       kept.append(delta)
-  return Transformer(model.config, deltas=tuple(kept)), variables
+  return contract.build(model.config, kept), variables
 
 
 def _materialize(deltas: Sequence[Any], variables: Variables) -> Variables:
@@ -208,7 +209,7 @@ class VariableLoader:
     """A checkpoint (`checkpoint_<step>`, or a directory's latest) on its base."""
     directory, delta, deltas, params = self._read(path)
     variables = delta if params is None else paths.merge({'params': params}, delta)
-    model = Transformer(self.model.config, deltas=deltas)
+    model = contract.build(self.model.config, deltas)
     if self.merge:
       model, variables = merged(model, variables)
     return self._placed(Loaded(model, variables, None, checkpoints.checkpoint_step(directory),
@@ -259,7 +260,7 @@ class VariableLoader:
             'checkpoint it was trained on.')
       params = self.base(self.initial_checkpoint_path)
     deltas = loaded[0][1]
-    model = Transformer(self.model.config, deltas=deltas)
+    model = contract.build(self.model.config, deltas)
     step = (checkpoints.checkpoint_step(checkpoints.resolve_checkpoint(sources[0]))
             if len(sources) == 1 and not sources[0].endswith('.npy') else None)
     first = paths.merge({'params': params}, loaded[0][0])
@@ -273,9 +274,10 @@ class VariableLoader:
     """The backbone's shardings under the partitioner's rules (as training), or None."""
     if self.partitioner is None:
       return None
-    tokens = jax.numpy.ones((1, 8), jax.numpy.int32)
-    abstract = jax.eval_shape(lambda: Transformer(self.model.config).init(
-        jax.random.PRNGKey(0), tokens, tokens, tokens))
+    backbone = contract.build(self.model.config)
+    lengths = {'inputs': 8, 'targets': 8}
+    abstract = jax.eval_shape(lambda: backbone.init(
+        jax.random.PRNGKey(0), *contract.of(backbone).init_args(lengths)))
     return self.partitioner.variable_shardings(abstract)['params']
 
   def _placed(self, loaded: Loaded) -> Loaded:
@@ -293,7 +295,6 @@ class VariableLoader:
                  for c, v in loaded.variables.items()}
     bank = None if loaded.bank is None else replicate(loaded.bank)
     return dataclasses.replace(loaded, variables=variables, bank=bank)
-
 
 
 __all__ = ['Loaded', 'VariableLoader', 'merged']

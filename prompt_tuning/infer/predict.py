@@ -1,23 +1,25 @@
 """Model-level inference: decode predictions, score targets, rank label strings.
 
-All functions take a Flax model (a `Transformer`, with or without deltas) and
-its variables ({'params': ..., <delta collections>: ...}).
+All functions take a Flax model (a `Transformer` or a `DecoderOnlyLM`, with or
+without deltas), its variables ({'params': ..., <delta collections>: ...})
+and the features its architecture names (`model.contract`), which does the
+architecture-specific part.
 """
 import dataclasses
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import decoding
-from prompt_tuning.model.losses import sequence_scores
-from prompt_tuning.model.t5 import Transformer
+from prompt_tuning.model import contract
 
 Array = jax.Array
 Variables = Dict[str, Any]
+# One array (encoder_input_tokens) or the tuple of an architecture's predict_features.
+Inputs = Union[Array, Sequence[Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,78 +43,57 @@ class DecodingConfig:
                        "or 'beam'.")
 
 
-def _repeat(x: Array, times: int) -> Array:
-  return jnp.repeat(x, times, axis=0) if times > 1 else x
+def _features(inputs: Inputs) -> Tuple[Array, ...]:
+  return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
-def decode(model: nn.Module, variables: Variables, encoder_input_tokens: Array,
-           max_decode_length: int, config: DecodingConfig = DecodingConfig(),
-           rng: Optional[Array] = None) -> Array:
+def decode(model: nn.Module, variables: Variables, inputs: Inputs, max_decode_length: int,
+           config: DecodingConfig = DecodingConfig(), rng: Optional[Array] = None) -> Array:
   """Predictions [b, max_decode_length] (beam search: the best beam).
 
-  The encoder runs once; each step runs the decoder on one position with the
-  key/value cache.
+  `inputs`: the architecture's `predict_features` (`model.contract`):
+  encoder_input_tokens [b, L], or a decoder-only model's (decoder_input_tokens,
+  decoder_causal_attention). The prefill runs once (the encoder, or the
+  decoder over the inputs); each step runs one position against the cache.
   """
-  batch = encoder_input_tokens.shape[0]
+  features = _features(inputs)
+  batch = features[0].shape[0]
   copies = config.num_beams if config.method == 'beam' else 1
-  encoded = model.apply(variables, encoder_input_tokens, method=Transformer.encode)
-  encoded, tokens = _repeat(encoded, copies), _repeat(encoder_input_tokens, copies)
-  placeholder = jnp.zeros((batch * copies, max_decode_length), jnp.int32)
-  cache = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), tokens, placeholder, placeholder, decode=True,
-      max_decode_length=max_decode_length))['cache']
-  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
-  frozen = {k: v for k, v in variables.items() if k != 'cache'}
-
-  def tokens_to_logits(step_tokens, cache):
-    logits, mutated = model.apply(
-        {**frozen, 'cache': cache}, encoded, tokens, step_tokens, decode=True,
-        max_decode_length=max_decode_length, method=Transformer.decode,
-        mutable=['cache'])
-    return logits[:, 0], mutated['cache']
-
+  step, cache, start = contract.of(model).prefill(
+      model, variables, *features, max_decode_length=max_decode_length, copies=copies)
   if config.method == 'beam':
-    sequences, _ = decoding.beam_search(tokens_to_logits, cache, batch, max_decode_length,
-                                        config.num_beams, config.alpha, config.eos_id)
+    sequences, _ = decoding.beam_search(step, cache, batch, max_decode_length,
+                                        config.num_beams, config.alpha, config.eos_id,
+                                        start=start)
     return sequences[:, 0]
   temperature = 0.0 if config.method == 'greedy' else config.temperature
   out, _ = decoding.temperature_sample(
-      tokens_to_logits, cache, batch, max_decode_length, rng, temperature=temperature,
-      top_k=config.top_k, top_p=config.top_p, eos_id=config.eos_id)
+      step, cache, batch, max_decode_length, rng, temperature=temperature,
+      top_k=config.top_k, top_p=config.top_p, eos_id=config.eos_id, start=start)
   return out
 
 
-def score(model: nn.Module, variables: Variables, encoder_input_tokens: Array,
-          decoder_target_tokens: Array) -> Array:
-  """Sum of target log-likelihoods per example [b] (T5X's `score_batch`)."""
-  decoder_input_tokens = jnp.concatenate(
-      [jnp.zeros_like(decoder_target_tokens[:, :1]), decoder_target_tokens[:, :-1]], 1)
-  logits = model.apply(variables, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens)
-  return sequence_scores(logits, decoder_target_tokens)
+def score(model: nn.Module, variables: Variables, *features: Array) -> Array:
+  """Sum of target log-likelihoods per example [b] (T5X's `score_batch`).
+
+  `features`: the architecture's `score_features` (`model.contract`).
+  """
+  return contract.of(model).score(model, variables, *features)
 
 
-def rank_classify(model: nn.Module, variables: Variables, encoder_input_tokens: Array,
+def rank_classify(model: nn.Module, variables: Variables, inputs: Inputs,
                   label_tokens: Sequence[Sequence[int]]) -> Array:
   """Index of the most likely label string per example [b].
 
-  The encoder runs once per example; the decoder then scores every label
-  (ids including EOS) against that encoding, in one batch of b * num_labels
-  rows. Ties go to the earlier label. Per-example delta leaves (e.g. prompts
-  [b, P, d], see `infer.bank`) follow their example.
+  `inputs`: the architecture's `predict_features`, as for `decode`. Encoder-decoder: the
+  encoder runs once per example and the decoder scores every label (ids
+  including EOS) against that encoding, in one batch of b * num_labels rows.
+  Decoder-only: one full pass per (example, label) over [BOS, inputs, label]
+  (no prefix sharing). Ties go to the earlier label. Per-example delta
+  leaves (e.g. prompts [b, P, d], see `infer.bank`) follow their example.
   """
-  labels = len(label_tokens)
-  length = max(len(t) for t in label_tokens)
-  targets = np.zeros((labels, length), np.int32)
-  for i, ids in enumerate(label_tokens):
-    targets[i, :len(ids)] = ids
-  batch = encoder_input_tokens.shape[0]
-  encoded = model.apply(variables, encoder_input_tokens, method=Transformer.encode)
-  targets = jnp.tile(jnp.asarray(targets), (batch, 1))  # [b * labels, length]
-  decoder_inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
-  logits = model.apply(bank_lib.repeat_examples(model.deltas, variables, labels),
-                       jnp.repeat(encoded, labels, axis=0),
-                       jnp.repeat(encoder_input_tokens, labels, axis=0), decoder_inputs,
-                       targets, method=Transformer.decode)
-  scores = sequence_scores(logits, targets)
-  return jnp.argmax(scores.reshape(batch, labels), axis=-1)
+  arch = contract.of(model)
+  context = arch.rank_context(model, variables, *_features(inputs))
+  repeated = bank_lib.repeat_examples(model.deltas, variables, len(label_tokens))
+  scores = arch.label_scores(model, repeated, context, label_tokens)
+  return jnp.argmax(scores, axis=-1)

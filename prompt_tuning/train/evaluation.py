@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import seqio
 
-from prompt_tuning.train.data import FEATURE_CONVERTER
+from prompt_tuning.model import contract
 from prompt_tuning.train.step import batch_loss
 
 Variables = Dict[str, Any]
@@ -23,7 +23,8 @@ class TeacherForcedEvaluator:
                batch_size: int, steps: int, split: str = 'validation'):
     self.task_name, self.steps = task_name, steps
     self._dataset = seqio.get_dataset(
-        task_name, dict(feature_lengths), FEATURE_CONVERTER, dataset_split=split,
+        task_name, dict(feature_lengths), contract.of(model).feature_converter(),
+        dataset_split=split,
         shuffle=False, num_epochs=1, batch_size=batch_size)
     self._loss = jax.jit(lambda v, b: batch_loss(model, v, b)[1])
 

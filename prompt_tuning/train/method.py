@@ -10,16 +10,17 @@ their model, trainable split and optimizer from this one object; a run's
 gin file binds it (gin/runs/base.gin, gin/methods/).
 """
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import flax.linen as nn
 import gin
 
 from prompt_tuning import deltas as deltas_lib
 from prompt_tuning import gin_utils
 from prompt_tuning.deltas import paths
-from prompt_tuning.model.config import T5Config
+from prompt_tuning.model import contract
+from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 from prompt_tuning.model.param_shapes import flatten_tree
-from prompt_tuning.model.t5 import Transformer
 from prompt_tuning.train.optimizers import Adafactor
 
 Variables = Dict[str, Any]
@@ -31,14 +32,15 @@ class Method:
   """What a run tunes and how.
 
   Attributes:
-    model_config: the backbone (MODEL_CONFIG).
+    model_config: the backbone (MODEL_CONFIG): a `T5Config` builds T5.1.1, a
+      `DecoderOnlyConfig` the decoder-only LM.
     deltas: the methods attached to it (DELTAS), e.g. (PromptTuning(),).
     trainable: path patterns of the trained variables (TRAINABLE); None
       trains each delta's own (`Delta.trainable_patterns`). Model tuning is
       ('params/.*',), norm tuning ('params/.*/scale',).
     optimizer: its settings; `build(base_step)` gives the transformation.
   """
-  model_config: T5Config
+  model_config: Union[T5Config, DecoderOnlyConfig]
   deltas: Sequence[deltas_lib.Delta] = ()
   trainable: Optional[Sequence[str]] = None
   optimizer: Adafactor = Adafactor()
@@ -55,8 +57,9 @@ class Method:
     paths.compile_patterns(self.trainable_patterns)
 
   @property
-  def model(self) -> Transformer:
-    return Transformer(self.model_config, deltas=self.deltas)
+  def model(self) -> nn.Module:
+    """The backbone of `model_config` (T5.1.1 or decoder-only) with the deltas."""
+    return contract.build(self.model_config, self.deltas)
 
   @property
   def trainable_patterns(self) -> Tuple[str, ...]:

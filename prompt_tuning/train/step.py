@@ -17,6 +17,7 @@ import optax
 
 from prompt_tuning.deltas.base import AUXILIARY_LOSSES
 from prompt_tuning.deltas.paths import merge
+from prompt_tuning.model import contract
 from prompt_tuning.model.losses import (compute_weighted_cross_entropy,
                                         get_loss_normalizing_factor_and_weights)
 
@@ -49,11 +50,13 @@ def batch_loss(model: nn.Module, variables: Variables, batch: Batch, *,
                dropout_rng: jax.Array = None, z_loss: float = 1e-4,
                label_smoothing: float = 0.0, loss_normalizing_factor: float = None
                ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-  """T5X's loss on a batch of the encoder-decoder feature converter's keys.
+  """T5X's loss on a batch of the model's feature converter's keys (`model.contract`).
 
   Args:
-    batch: encoder_input_tokens [b, l], decoder_input_tokens [b, t],
-      decoder_target_tokens [b, t], optionally decoder_loss_weights [b, t].
+    batch: encoder-decoder: encoder_input_tokens [b, l], decoder_input_tokens
+      [b, t], decoder_target_tokens [b, t]; decoder-only: decoder_input_tokens,
+      decoder_target_tokens, decoder_causal_attention [b, t]; optionally
+      decoder_loss_weights [b, t] (decoder-only inputs+targets: the targets).
     dropout_rng: enables dropout when given.
     loss_normalizing_factor: a number, or a T5X special factor's name
       ('NUM_REAL_TARGET_TOKENS', ...) computed from this batch.
@@ -66,9 +69,8 @@ def batch_loss(model: nn.Module, variables: Variables, batch: Batch, *,
     `loss` includes. Without one the computation is T5X's, unchanged.
   """
   targets = batch['decoder_target_tokens']
-  logits, sown = model.apply(
-      variables, batch['encoder_input_tokens'], batch['decoder_input_tokens'], targets,
-      enable_dropout=dropout_rng is not None,
+  logits, sown = contract.of(model).logits(
+      model, variables, batch, enable_dropout=dropout_rng is not None,
       rngs={'dropout': dropout_rng} if dropout_rng is not None else None,
       mutable=[AUXILIARY_LOSSES])
   loss_normalizing_factor, weights = get_loss_normalizing_factor_and_weights(

@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -32,7 +31,7 @@ from prompt_tuning import gin_utils
 from prompt_tuning.data import lookup
 from prompt_tuning.data.metrics import mean_metric
 from prompt_tuning.deltas import paths
-from prompt_tuning.model import finite, load_pretrained
+from prompt_tuning.model import contract, finite, load_pretrained
 from prompt_tuning.model.checkpoints import (DeltaCheckpointer, FingerprintMismatchError,
                                              fingerprint)
 from prompt_tuning.model.param_shapes import check_params
@@ -47,10 +46,8 @@ from prompt_tuning.train.method import Method
 from prompt_tuning.train.step import TrainState, make_train_step
 
 
-def _dummy_batch(task_feature_lengths: Mapping[str, int]):
-  shape = lambda key: (1, task_feature_lengths[key])
-  return (jnp.ones(shape('inputs'), jnp.int32), jnp.ones(shape('targets'), jnp.int32),
-          jnp.ones(shape('targets'), jnp.int32))
+def _dummy_batch(model: nn.Module, task_feature_lengths: Mapping[str, int]):
+  return contract.of(model).init_args(task_feature_lengths)
 
 
 def initialize_variables(model: nn.Module, params: Dict[str, Any], rng: jax.Array,
@@ -66,7 +63,7 @@ def initialize_variables(model: nn.Module, params: Dict[str, Any], rng: jax.Arra
   back placed on its mesh by its logical axes (the params first, so the
   initialization itself runs sharded).
   """
-  batch = _dummy_batch(task_feature_lengths)
+  batch = _dummy_batch(model, task_feature_lengths)
   abstract = jax.eval_shape(lambda: model.init(rng, *batch))
   extra = [c for c in abstract if c != 'params']
   shardings = partitioner.variable_shardings(abstract) if partitioner else None
@@ -236,7 +233,8 @@ def train(*,
     data_shard = partitioner.data_shard(batch_size)  # (index, count) of this host's rows
     batches = data.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
                                  seed=random_seed, skip_batches=consumed, shuffle=shuffle,
-                                 use_cached=use_cached_tasks, shard=data_shard)
+                                 use_cached=use_cached_tasks, shard=data_shard,
+                                 feature_converter=contract.of(model).feature_converter())
     step_fn = make_train_step(model, tx, random_seed, partitioner=partitioner,
                               state_shardings=partitioning.shardings_of(state), z_loss=z_loss,
                               label_smoothing=label_smoothing,
@@ -303,8 +301,7 @@ def train(*,
       batch = next(batches)
       state, metrics = step_fn(state, partitioner.global_batch(batch))
       window_steps += 1
-      window_tokens += int(np.sum(batch['encoder_input_tokens'] > 0) +
-                           np.sum(batch['decoder_target_tokens'] > 0)) * data_shard[1]
+      window_tokens += contract.of(model).input_tokens(batch) * data_shard[1]
       # The bar reads the loss when it redraws, not here: the loop does not wait for the step.
       progress_bar.advance(tokens=window_tokens - tokens_before,
                            loss=functools.partial(_loss_per_token, metrics))
@@ -440,7 +437,7 @@ def _initial_params(method: Method, initial_checkpoint_path: Optional[str], rand
   the training layout: each host reads only what its devices hold.
   """
   model = method.model
-  init = lambda r: model.init(r, *_dummy_batch(task_feature_lengths))
+  init = lambda r: model.init(r, *_dummy_batch(model, task_feature_lengths))
   if initial_checkpoint_path:
     logging.info('Loading the pretrained model from %s', initial_checkpoint_path)
     shardings = (partitioner.variable_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)))
