@@ -18,7 +18,9 @@ Accepted, detected from what is on disk:
     checkpoint is refused with the name of its base model.
 
 The result is always (T5Config, params) with params the T5X tree of float32
-numpy arrays, checked against the shapes the configuration implies.
+arrays, checked against the shapes the configuration implies: numpy, read
+whole, or, given target shardings, global jax.Arrays that each process reads
+only its devices' regions of (`shard_reads`).
 """
 import os
 import posixpath

@@ -12,7 +12,8 @@ reads only the regions its own devices hold, each distinct region once
 however many of its devices replicate it. A host of a model-parallel mesh
 thus holds its share of the backbone, never all of it (T5.1.1 XXL is 44 GB
 in float32), as T5X restores through tensorstore. Reads are issued ahead of
-placement, with at most `max_pending_bytes` read and not yet placed.
+placement, with at most `max_pending_bytes` read and not yet placed; NaN
+and infinity are counted in each region as it is read.
 """
 import collections
 import dataclasses
@@ -237,11 +238,5 @@ def check_finite_placed(tree: Mapping[str, Any], source: str) -> None:
   report_non_finite({p: c for p, c in counts.items() if c}, sizes, source)
 
 
-def shapes(tree: Mapping[str, Any]) -> Dict[str, Any]:
-  """ShapeDtypeStructs (float32) of a LazyArray tree: what `check_params` and configs read."""
-  return unflatten_tree({p: jax.ShapeDtypeStruct(leaf.shape, np.float32)
-                         for p, leaf in flatten_tree(tree).items()})
-
-
 __all__ = ['LazyArray', 'as_float32', 'check_finite_placed', 'count_non_finite', 'full_region',
-           'in_memory', 'local_regions', 'place', 'read_whole', 'shapes']
+           'in_memory', 'local_regions', 'place', 'read_whole', 'short_error']
