@@ -10,7 +10,12 @@ A new delta registers itself (`deltas.register`) and must add a case to
 CASES, or `test_every_registered_delta_has_a_case` fails; compositions
 (several deltas in one model) are cases too; a method with no
 per-example leaves (norm tuning) must refuse to bank instead.
+
+DECODER_ONLY_CASES run the same checks on the decoder-only LM
+(model/decoder_only.py), through the model contract (model/contract.py):
+its feature converter's batch keys, its loss inputs, its base checkpoint.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -27,7 +32,9 @@ from prompt_tuning import deltas
 from prompt_tuning.deltas import initializers, paths
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer.loading import VariableLoader
-from prompt_tuning.model import T5Config, Transformer, hf_checkpoint
+from prompt_tuning.deltas import combine
+from prompt_tuning.model import T5Config, Transformer, contract, hf_checkpoint
+from prompt_tuning.model.config import DecoderOnlyConfig
 from prompt_tuning.model.checkpoints import DeltaCheckpointer, fingerprint
 from prompt_tuning.train import partitioning
 from prompt_tuning.train.method import Method
@@ -96,9 +103,27 @@ CASES = {
                     ['--gin.PROMPT_LENGTH=3', '--gin.LORA_RANK=2']),
 }
 
+# The deltas on the decoder-only LM (multi-task and intrinsic prompts read a
+# task marker at position 0, where the decoder-only input has its BOS: not yet).
+DECODER_ONLY_CASES = {
+    # google-research/prompt-tuning's decoder-only placement: after the BOS.
+    'prompt_after_bos': (lambda: deltas.PromptTuning(length=3, init=initializers.random_uniform(),
+                                                     combine=combine.after_first_token),),
+    'lora': CASES['lora'],
+    'prefix': (lambda: deltas.PrefixTuning(length=3),),
+    'p_tuning_mlp': CASES['p_tuning_mlp'],
+    'ia3': CASES['ia3'],
+    'adapters': CASES['adapters'],
+    'bitfit': CASES['bitfit'],
+    'norm': CASES['norm'],
+}
+
 # Widths the 'model' axis of a 2x4 mesh divides; dropout on, as in training.
 CONFIG = T5Config(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                   num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
+DECODER_ONLY_CONFIG = DecoderOnlyConfig(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8,
+                                        mlp_dim=64, num_layers=2, dropout_rate=0.1,
+                                        inputs_bidirectional_attention=True)
 LENGTHS = {'inputs': 16, 'targets': 4}
 STEPS = 3
 
@@ -122,9 +147,24 @@ def _batch(seed=0, batch=4):
           'decoder_target_tokens': jnp.asarray(tgt)}
 
 
+def _decoder_only_batch(seed=0, batch=4):
+  """DecoderFeatureConverter's keys for [inputs, targets] rows (loss on the targets)."""
+  rng = np.random.RandomState(seed)
+  length = LENGTHS['inputs'] + LENGTHS['targets']
+  tgt = rng.randint(2, 1000, (batch, length))
+  inputs = np.array([9, 16, 12, 7])[:batch]  # input tokens per row
+  tgt[1, 13:] = 0
+  dec = np.concatenate([np.zeros((batch, 1), int), tgt[:, :-1]], 1)
+  positions = np.arange(length)[None]
+  causal = (positions <= inputs[:, None]).astype(np.int32)
+  weights = ((positions >= inputs[:, None]) & (tgt > 0)).astype(np.float32)
+  return {'decoder_input_tokens': jnp.asarray(dec), 'decoder_target_tokens': jnp.asarray(tgt),
+          'decoder_causal_attention': jnp.asarray(causal),
+          'decoder_loss_weights': jnp.asarray(weights)}
+
+
 def _logits(model, variables, batch):
-  return model.apply(variables, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-                     batch['decoder_target_tokens'])
+  return contract.of(model).logits(model, variables, batch)
 
 
 @pytest.fixture(scope='module')
@@ -139,13 +179,45 @@ def base(tmp_path_factory):
   return params, str(path)
 
 
-@pytest.fixture(scope='module', params=sorted(CASES))
-def trained(request, base):
+@pytest.fixture(scope='module')
+def decoder_only_base(tmp_path_factory):
+  """Random decoder-only params and the same as a full checkpoint of ours."""
+  tokens = np.ones((1, 8), np.int32)
+  params = nn.unbox(contract.build(DECODER_ONLY_CONFIG).init(
+      jax.random.PRNGKey(0), tokens, tokens)['params'])
+  params = jax.tree_util.tree_map(np.asarray, params)
+  path = tmp_path_factory.mktemp('decoder_only_base') / 'lm'
+  state = TrainState(step=jnp.asarray(0, jnp.int32), frozen={}, trainable={'params': params},
+                     opt_state=())
+  checkpointer = DeltaCheckpointer(str(path))
+  checkpointer.save(0, saved_state(state), {'model_config': dataclasses.asdict(
+      DECODER_ONLY_CONFIG), 'trainable': ['params/.*'], 'deltas': []})
+  checkpointer.close()
+  return params, str(path / 'checkpoint_0')
+
+
+def _architecture(name):
+  """(case, config, batch maker) of a fixture parameter ('decoder_only/<case>' or a CASES key)."""
+  if name.startswith('decoder_only/'):
+    return DECODER_ONLY_CASES[name.split('/', 1)[1]], DECODER_ONLY_CONFIG, _decoder_only_batch
+  return CASES[name], CONFIG, _batch
+
+
+# Compile time: prompt, LoRA and prefix on the decoder-only LM run by default.
+DECODER_ONLY_FAST = ('prompt_after_bos', 'lora', 'prefix')
+
+
+@pytest.fixture(scope='module', params=sorted(CASES) + [
+    pytest.param(f'decoder_only/{name}',
+                 marks=() if name in DECODER_ONLY_FAST else pytest.mark.slow)
+    for name in sorted(DECODER_ONLY_CASES)])
+def trained(request, base, decoder_only_base):
   """The method trained STEPS steps from its init: a dict of what the tests check."""
-  made = CASES[request.param][0]()
-  method = Method(CONFIG, deltas=made if isinstance(made, tuple) else (made,))
+  case, config, make_batch = _architecture(request.param)
+  made = case[0]()
+  method = Method(config, deltas=made if isinstance(made, tuple) else (made,))
   model = method.model
-  params, _ = base
+  params, base_path = decoder_only_base if config is DECODER_ONLY_CONFIG else base
   variables = initialize_variables(model, params, jax.random.PRNGKey(1), LENGTHS)
   frozen, trainable = method.split(variables)
   initial = jax.tree_util.tree_map(np.array, variables)
@@ -153,7 +225,7 @@ def trained(request, base):
   state = TrainState(step=jnp.asarray(0, jnp.int32), frozen=frozen,
                      trainable=jax.tree_util.tree_map(jnp.array, trainable),
                      opt_state=tx.init(trainable))
-  batch = _batch()
+  batch = make_batch()
   step_fn = make_train_step(model, tx, seed=0)
   for _ in range(STEPS):
     state, _ = step_fn(state, batch)
@@ -161,15 +233,16 @@ def trained(request, base):
   grads = jax.grad(lambda t: batch_loss(model, paths.merge(state.frozen, t), batch)[0])(
       state.trainable)
   return {'kind': request.param, 'deltas': method.deltas, 'method': method, 'model': model,
-          'initial': initial, 'grads': grads, 'state': state, 'batch': batch}
+          'initial': initial, 'grads': grads, 'state': state, 'batch': batch,
+          'config': config, 'base': (params, base_path)}
 
 
 def test_variables_are_where_the_delta_says_and_nowhere_else(trained):
   method, model, initial = trained['method'], trained['model'], trained['initial']
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *[
-      v[:1] for v in trained['batch'].values()]))
-  plain = jax.eval_shape(lambda: Transformer(CONFIG).init(jax.random.PRNGKey(0), *[
-      v[:1] for v in trained['batch'].values()]))
+  init_args = contract.of(model).init_args(LENGTHS)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *init_args))
+  plain = jax.eval_shape(lambda: contract.build(trained['config']).init(
+      jax.random.PRNGKey(0), *init_args))
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), nn.unbox(tree))
   # The backbone's tree is untouched; each delta adds its own collection only
   # (norm tuning adds none: it trains leaves of the backbone's).
@@ -204,9 +277,9 @@ def test_training_moves_the_delta_and_leaves_the_base_bitwise_unchanged(trained)
   assert all(moved)
 
 
-def test_checkpoint_then_loader_gives_the_same_logits(trained, base, tmp_path):
+def test_checkpoint_then_loader_gives_the_same_logits(trained, tmp_path):
   state, method, batch = trained['state'], trained['method'], trained['batch']
-  params, base_path = base
+  params, base_path = trained['base']
   metadata = {'base_checkpoint': base_path, 'base_fingerprint': fingerprint(params),
               'base_step': 0, 'data_batches_consumed': STEPS, **method.record()}
   json.dumps(metadata)  # the record is JSON
@@ -222,7 +295,7 @@ def test_checkpoint_then_loader_gives_the_same_logits(trained, base, tmp_path):
                                                       paths.flatten_tree(params).values()) / 10
 
   # The loader knows nothing of the method: it rebuilds it from the record.
-  loaded = VariableLoader(Transformer(CONFIG)).checkpoint(str(tmp_path / 'run'))
+  loaded = VariableLoader(contract.build(trained['config'])).checkpoint(str(tmp_path / 'run'))
   assert [d.to_config() for d in loaded.model.deltas] == [d.to_config() for d in method.deltas]
   assert loaded.step == STEPS
   np.testing.assert_allclose(_logits(loaded.model, loaded.variables, batch),

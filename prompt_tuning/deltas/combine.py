@@ -20,6 +20,7 @@ always valid. All are pure jnp and jit-able; the output length is static.
 `combined_mask` gives only the mask, for the encoder-decoder attention mask
 during decoding, where no embeddings are at hand.
 """
+import inspect
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -124,9 +125,13 @@ COMBINE_FUNCTIONS = {'prefix': prefix, 'after_first_token': after_first_token,
 
 
 def name_of(combine: CombineFn) -> str:
-  """The registered name of `combine` (what a checkpoint records)."""
+  """The registered name of `combine` (what a checkpoint records).
+
+  A gin reference (`@combine.after_first_token`) is a wrapper of the function:
+  it names the function it wraps.
+  """
   for name, fn in COMBINE_FUNCTIONS.items():
-    if fn is combine:
+    if fn is inspect.unwrap(combine):
       return name
   raise ValueError(f'{combine} is not one of the combine functions '
                    f'{sorted(COMBINE_FUNCTIONS)}; add it to COMBINE_FUNCTIONS so '

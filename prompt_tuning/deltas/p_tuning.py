@@ -215,7 +215,7 @@ class PTuning(base.Delta):
     name: the root module's name and the variable collection.
   """
   kind: ClassVar[str] = 'p_tuning'
-  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'encoder_mask')
+  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'encoder_mask', 'decoder_input')
 
   template: str = '[P:3] {inputs} [P:3]'
   encoder: str = 'lstm'
@@ -262,6 +262,11 @@ class PTuning(base.Delta):
     template = self.parsed
     if site.name == 'encoder_mask':
       return templates.placed_mask(template, next_fun(*args, **kwargs), tokens, self.eos_id)
+    if site.name == 'decoder_input' and template.num_before != template.length:
+      # The decoder-only LM reads its outputs after inserted positions that all
+      # precede the text; after {inputs} would be after the targets too.
+      raise ValueError(f'On a decoder-only model the P-tuning template must put every '
+                       f'prompt and anchor before {{inputs}}; {self.template!r} does not.')
     embedded, mask = next_fun(*args, **kwargs)
     templates.check_anchor_ids(template, module.token_embedder.num_embeddings)
     prompt = getattr(module, self.name)(module.token_embedder.embedding)  # [P, d] | [b, P, d]

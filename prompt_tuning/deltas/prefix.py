@@ -124,7 +124,7 @@ class PrefixTuning(base.Delta):
       Embedding: 1).
   """
   kind: ClassVar[str] = 'prefix'
-  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'encoder_mask',
+  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'encoder_mask', 'decoder_input',
                                       'relative_position_bias', 'attention_scores')
 
   length: int = 20
@@ -182,7 +182,7 @@ class PrefixTuning(base.Delta):
 
   def intercept(self, site: Site, next_fun: Callable[..., Any], args: tuple, kwargs: dict,
                 module: nn.Module) -> Any:
-    if site.name in ('encoder_input', 'encoder_mask'):
+    if site.name in ('encoder_input', 'encoder_mask', 'decoder_input'):
       store = sites.scratch(self)
       if self.reparameterize and 'hidden' not in store:
         store['hidden'] = getattr(module, ENCODER)()

@@ -18,6 +18,10 @@ Only the encoder sees the prompt (the paper prompts the encoder of T5): at
 the `encoder_input` site the embedded input and its mask get the prompt
 positions, and at `encoder_mask` the decoder's cross-attention mask covers
 them (computed from the tokens alone, so cached decoding needs no prompt).
+On the decoder-only LM the prompt joins its input at `decoder_input`; give
+`combine=combine.after_first_token` for google-research/prompt-tuning's
+decoder-only placement, after the BOS ([BOS, prompt, x1, ...]; its
+`prefix_prompt_after_bos`, gin/methods/prompt_decoder_only.gin).
 """
 import dataclasses
 import io
@@ -33,6 +37,7 @@ from prompt_tuning.deltas import base
 from prompt_tuning.deltas import combine as combine_lib
 from prompt_tuning.deltas import initializers
 from prompt_tuning.model import checkpoints
+from prompt_tuning.model import sites
 from prompt_tuning.model.sites import Site
 
 Array = jax.Array
@@ -131,7 +136,7 @@ class PromptTuning(base.Delta):
       second prompt needs another.
   """
   kind: ClassVar[str] = 'prompt'
-  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'encoder_mask')
+  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'encoder_mask', 'decoder_input')
 
   length: int = 100
   init: initializers.Initializer = initializers.SampledVocab()
@@ -157,7 +162,7 @@ class PromptTuning(base.Delta):
   def intercept(self, site: Site, next_fun: Callable[..., Any], args: tuple, kwargs: dict,
                 module: nn.Module) -> Any:
     tokens = args[0] if args else kwargs['encoder_input_tokens']
-    if site.name == 'encoder_input':
+    if site.name in sites.INPUT_SITES:
       embedded, mask = next_fun(*args, **kwargs)
       prompt = getattr(module, self.name)(module.token_embedder.embedding)  # [P, d] | [b, P, d]
       return self.combine(prompt if prompt.ndim == 3 else prompt[None], embedded, mask, tokens)

@@ -176,5 +176,6 @@ def _bind(delta: Any, site: Site, next_fun: Callable[..., Any], module: nn.Modul
   return lambda *args, **kwargs: delta.intercept(site, next_fun, args, kwargs, module)
 
 
-__all__ = ['INPUT_SITES', 'SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path', 'scratch',
+__all__ = ['INPUT_SITES', 'SITES', 'SITES_BY_NAME', 'Site', 'attach', 'get_site', 'module_path',
+           'scratch',
            'site_of']

@@ -3,10 +3,10 @@
 `seqio.get_dataset` with the model's feature converter (`model.contract`:
 encoder-decoder or decoder-only; no packing by default, prompt tuning does
 not pack) gives batches with its keys, e.g. encoder_input_tokens,
-decoder_input_tokens, decoder_target_tokens and decoder_loss_weights. Each host reads its own shard and makes
-BATCH_SIZE / process_count examples. The order is fixed by the seed, so a
-resumed run skips the batches it already consumed and sees exactly the same
-data as an uninterrupted one.
+decoder_input_tokens, decoder_target_tokens and decoder_loss_weights. Each
+host reads its own shard and makes BATCH_SIZE / process_count examples. The
+order is fixed by the seed, so a resumed run skips the batches it already
+consumed and sees exactly the same data as an uninterrupted one.
 """
 from typing import Iterator, Mapping, Optional, Tuple
 
