@@ -118,11 +118,8 @@ class _StatsColumn(progress.ProgressColumn):
 
   def render(self, task: progress.Task) -> Text:
     parts = []
-    loss = task.fields.get('loss')
-    if loss is not None:
-      # A callable is read here, in rich's refresh thread: the training loop
-      # never waits for a step's loss to come off the device.
-      parts.append(f'loss {float(loss() if callable(loss) else loss):.4f}')
+    if task.fields.get('loss') is not None:
+      parts.append(f'loss {task.fields["loss"]:.4f}')
     if task.speed and task.completed:
       parts.append(f'{task.speed * task.fields["tokens"] / task.completed:,.0f} tokens/s')
     return Text('  '.join(parts))
@@ -132,7 +129,7 @@ class Bar:
   """One progress bar; every method does nothing when bars are not drawn."""
 
   def __init__(self, task: Optional[progress.TaskID] = None):
-    self._task, self._tokens = task, 0
+    self._task, self._tokens, self._pending = task, 0, None
 
   @property
   def shown(self) -> bool:
@@ -144,11 +141,27 @@ class Bar:
       _STATE.live.update(self._task, total=total)
 
   def advance(self, units: int = 1, tokens: int = 0, **fields: Any) -> None:
-    """`units` done (steps, examples) holding `tokens` tokens; `loss=` a value or a callable."""
+    """`units` done (steps, examples) holding `tokens` tokens; fields are values or callables.
+
+    Shown one call late, when the previous call's callables are read (e.g. a
+    training step's loss, which waits for that step): the bar then counts
+    work done, not work queued by JAX's asynchronous dispatch, and the loop
+    still keeps one step in flight.
+    """
     if self._task is None:
       return
+    self.flush()
+    self._pending = units, tokens, fields
+
+  def flush(self) -> None:
+    """Shows what the last `advance` reported."""
+    if self._pending is None:
+      return
+    units, tokens, fields = self._pending
+    self._pending = None
     self._tokens += tokens
-    _STATE.live.update(self._task, advance=units, tokens=self._tokens, **fields)
+    _STATE.live.update(self._task, advance=units, tokens=self._tokens,
+                       **{k: v() if callable(v) else v for k, v in fields.items()})
 
 
 @contextlib.contextmanager
@@ -169,8 +182,10 @@ def bar(description: str, total: Optional[int] = None) -> Iterator[Bar]:
         _StatsColumn(), console=_STATE.console)
     _STATE.live.start()
   task = _STATE.live.add_task(description, total=total, tokens=0)
+  shown = Bar(task)
   try:
-    yield Bar(task)
+    yield shown
+    shown.flush()
   finally:
     if len(_STATE.live.tasks) > 1:
       _STATE.live.remove_task(task)

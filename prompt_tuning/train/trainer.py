@@ -302,7 +302,7 @@ def train(*,
       state, metrics = step_fn(state, partitioner.global_batch(batch))
       window_steps += 1
       window_tokens += contract.of(model).input_tokens(batch) * data_shard[1]
-      # The bar reads the loss when it redraws, not here: the loop does not wait for the step.
+      # Read at the next step (`Bar.advance`): the loop keeps one step in flight.
       progress_bar.advance(tokens=window_tokens - tokens_before,
                            loss=functools.partial(_loss_per_token, metrics))
       done = step + 1
