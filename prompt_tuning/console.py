@@ -17,9 +17,9 @@ TensorFlow or JAX is imported. By default:
   terminal (a log file, a pipe, CI) there is no bar and the periodic lines are
   printed as before, so a log never fills with carriage returns.
 
-`verbose=True` (`--verbose`) changes nothing in the environment or the
-logging: every library's lines come back, as before this module; on a
-terminal the bars are drawn too, with the periodic lines above them.
+`verbose=True` (`--verbose`) leaves the environment and the log records
+alone: every library's lines come back, as before this module; on a terminal
+the bars are drawn too, with the periodic lines above them.
 """
 import contextlib
 import dataclasses
@@ -47,7 +47,6 @@ REPLACED_BY_BAR = {'replaced_by_bar': True}
 @dataclasses.dataclass
 class _State:
   configured: bool = False
-  verbose: bool = False
   console: Optional[rich_console.Console] = None
   live: Optional[progress.Progress] = None  # the bars on screen, one display for all
 
@@ -60,7 +59,7 @@ def setup(verbose: bool) -> None:
 
   Call before TensorFlow is imported: it reads its log level when it loads.
   """
-  _STATE.configured, _STATE.verbose = True, verbose
+  _STATE.configured = True
   _STATE.console = rich_console.Console(stderr=True)
   if not flags.FLAGS.is_parsed():
     # A command with its own argument parser (tools/demo.py): absl's defaults,
