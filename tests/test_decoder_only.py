@@ -170,12 +170,34 @@ def _greedy_by_full_passes(model, variables, steps):
   return np.asarray(rows)
 
 
-@pytest.mark.parametrize('kind', ['plain', 'prefix_lm', 'prompt_after_bos', 'prefix'])
-def test_prefill_and_cached_greedy_decoding_equal_full_passes(kind):
+def _decoding_case(kind):
   config = CONFIG.replace(inputs_bidirectional_attention=kind == 'prefix_lm')
   delta = {'prompt_after_bos': (deltas.PromptTuning(length=2, combine=combine.after_first_token),),
            'prefix': (deltas.PrefixTuning(length=2),)}.get(kind, ())
-  model, variables = _init(config, delta)
+  return _init(config, delta)
+
+
+@pytest.mark.parametrize('kind', ['plain', 'prefix_lm', 'prompt_after_bos', 'prefix'])
+def test_cached_steps_after_the_prefill_give_the_teacher_forced_logits(kind):
+  model, variables = _decoding_case(kind)
+  full = np.asarray(model.apply(variables, jnp.asarray(INPUTS), jnp.asarray(TARGETS),
+                                decoder_causal_attention=jnp.asarray(CAUSAL)))
+  step, cache, start = contract.DECODER_ONLY.prefill(
+      model, variables, jnp.asarray(INPUTS), jnp.asarray(CAUSAL), max_decode_length=4)
+  np.testing.assert_array_equal(np.asarray(start), INPUTS[np.arange(2), N_INPUTS])
+  token = start
+  for i in range(4):  # feed the true targets: output i is target position n + i's
+    logits, cache = step(token[:, None], cache)
+    for row in range(2):
+      if TARGETS[row, N_INPUTS[row] + i]:
+        np.testing.assert_allclose(np.asarray(logits)[row], full[row, N_INPUTS[row] + i],
+                                   rtol=1e-5, atol=1e-5)
+    token = jnp.asarray(TARGETS[np.arange(2), N_INPUTS + i])
+
+
+@pytest.mark.parametrize('kind', ['plain', 'prefix_lm', 'prompt_after_bos', 'prefix'])
+def test_prefill_and_cached_greedy_decoding_equal_full_passes(kind):
+  model, variables = _decoding_case(kind)
   steps = 4
   decoded = predict.decode(model, variables, (jnp.asarray(INPUTS), jnp.asarray(CAUSAL)), steps)
   np.testing.assert_array_equal(np.asarray(decoded),
