@@ -204,7 +204,7 @@ def test_prefill_and_cached_greedy_decoding_equal_full_passes(kind):
                                 _greedy_by_full_passes(model, variables, steps))
 
 
-def test_rank_classification_scores_each_labels_sequence():
+def test_rank_classification_scores_each_labels_sequence_after_one_shared_prefill():
   model, variables = _init(deltas_=(deltas.LoRA(rank=2),))
   variables = jax.tree_util.tree_map(  # LoRA's B starts at zero: make it act
       lambda x: x + 0.3 if x.ndim == 2 and x.shape[0] == 2 else x, variables)
@@ -222,8 +222,14 @@ def test_rank_classification_scores_each_labels_sequence():
       weights = (np.arange(targets.shape[1]) >= n)[None]
       scores.append(float(sequence_scores(logits, jnp.asarray(targets), jnp.asarray(weights))[0]))
     assert len(set(np.round(scores, 4))) == len(labels)  # a real choice
-    want.append(int(np.argmax(scores)))
-  np.testing.assert_array_equal(np.asarray(picked), want)
+    want.append(scores)
+  np.testing.assert_array_equal(np.asarray(picked), np.argmax(want, axis=1))
+  # The scores themselves: one prefill per example, the labels through its cache.
+  arch = contract.DECODER_ONLY
+  context = arch.rank_context(model, variables, jnp.asarray(INPUTS), jnp.asarray(CAUSAL),
+                              label_length=3)
+  np.testing.assert_allclose(np.asarray(arch.label_scores(model, variables, context, labels)),
+                             want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_checkpoint_of_the_other_architecture_is_one_clear_line():

@@ -88,12 +88,14 @@ def rank_classify(model: nn.Module, variables: Variables, inputs: Inputs,
   `inputs`: the architecture's `predict_features`, as for `decode`. Encoder-decoder: the
   encoder runs once per example and the decoder scores every label (ids
   including EOS) against that encoding, in one batch of b * num_labels rows.
-  Decoder-only: one full pass per (example, label) over [BOS, inputs, label]
-  (no prefix sharing). Ties go to the earlier label. Per-example delta
+  Decoder-only: one prefill of [BOS, (prompt), inputs] per example, then
+  each label's tokens through a copy of that cache. Ties go to the earlier
+  label. Per-example delta
   leaves (e.g. prompts [b, P, d], see `infer.bank`) follow their example.
   """
   arch = contract.of(model)
-  context = arch.rank_context(model, variables, *_features(inputs))
+  context = arch.rank_context(model, variables, *_features(inputs),
+                             label_length=max(map(len, label_tokens)))
   repeated = bank_lib.repeat_examples(model.deltas, variables, len(label_tokens))
   scores = arch.label_scores(model, repeated, context, label_tokens)
   return jnp.argmax(scores, axis=-1)

@@ -12,7 +12,7 @@ need from a backbone, once per architecture (as T5X's `BaseModel` subclasses).
 | features | `EncDecFeatureConverter` | `DecoderFeatureConverter` (inputs + targets: prefix LM features) |
 | predict_features | encoder_input_tokens [b, L] | decoder_input_tokens, decoder_causal_attention [b, L + T] |
 | score_features | + decoder_target_tokens [b, T] | + decoder_target_tokens, decoder_loss_weights |
-| rank context | the encoding, once per example | the inputs (plain full-sequence scoring of inputs + label) |
+| rank context | the encoding, once per example | the prefilled cache, once per example; labels fed through copies |
 | prefill | encode once | one pass over BOS + (prompt) + inputs fills the cache |
 
 Decoding starts from `start` [b] (enc-dec: id 0; decoder-only: each
@@ -97,9 +97,10 @@ class EncoderDecoder:
                          decoder_target_tokens)
     return sequence_scores(logits, decoder_target_tokens)
 
-  def rank_context(self, model: nn.Module, variables: Variables,
-                   encoder_input_tokens: Array) -> Tuple[Array, Array]:
+  def rank_context(self, model: nn.Module, variables: Variables, encoder_input_tokens: Array,
+                   label_length: int = 0) -> Tuple[Array, Array]:
     """The encoding [b, L', d], computed once for every label, with its tokens."""
+    del label_length  # the decoder has its own positions
     return model.apply(variables, encoder_input_tokens, method=Transformer.encode), \
         encoder_input_tokens
 
@@ -187,36 +188,40 @@ class DecoderOnly:
     return sequence_scores(logits, decoder_target_tokens, decoder_loss_weights)
 
   def rank_context(self, model: nn.Module, variables: Variables, decoder_input_tokens: Array,
-                   decoder_causal_attention: Array) -> Tuple[Array, Array]:
-    """(BOS + inputs [b, L], n [b]): each label is scored in a full pass after them."""
-    del model, variables
-    return _inputs_part(decoder_input_tokens, decoder_causal_attention)
+                   decoder_causal_attention: Array, label_length: int = 0) -> Tuple[Any, Array]:
+    """(the prefilled cache, start tokens [b]): one prefill shared by every label.
 
-  def label_scores(self, model: nn.Module, variables: Variables, context: Tuple[Array, Array],
-                   label_tokens: Sequence[Sequence[int]]) -> Array:
-    """Scores [b, labels]: the sequence [BOS, inputs, label] per row, the label scored.
-
-    A plain full-sequence pass per (example, label) row; the inputs are not
-    shared between labels through the cache.
+    The cache has room for `label_length` more positions than the features.
     """
-    inputs, n = context
-    labels, batch = len(label_tokens), inputs.shape[0]
-    matrix = jnp.asarray(_label_matrix(label_tokens))  # [labels, M]
-    width = inputs.shape[1] + matrix.shape[1]
-    inputs = jnp.repeat(inputs, labels, axis=0)
-    n = jnp.repeat(n, labels)[:, None]
-    label = jnp.tile(matrix, (batch, 1))
-    j = jnp.arange(width)[None, :]
-    # Target j is input token j + 1 (inputs[:, 0] is BOS) before n, label j - n after.
-    after_bos = jnp.pad(inputs[:, 1:], ((0, 0), (0, width - inputs.shape[1] + 1)))
-    in_label = jnp.take_along_axis(label, jnp.clip(j - n, 0, matrix.shape[1] - 1), axis=1)
-    targets = jnp.where(j < n, after_bos, jnp.where(j - n < matrix.shape[1], in_label, 0))
-    decoder_inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
-    causal_attention = (j <= n).astype(jnp.int32)
-    logits = model.apply(variables, decoder_inputs, targets,
-                         decoder_causal_attention=causal_attention)
-    weights = (j >= n) & (targets > 0)
-    return sequence_scores(logits, targets, weights).reshape(batch, labels)
+    cache, start, _ = self._prefill(model, variables, decoder_input_tokens,
+                                    decoder_causal_attention, label_length)
+    return cache, start
+
+  def label_scores(self, model: nn.Module, variables: Variables, context: Tuple[Any, Array],
+                   label_tokens: Sequence[Sequence[int]]) -> Array:
+    """Scores [b, labels]: each label's tokens fed through a copy of the shared cache.
+
+    Every (example, label) row continues from its example's prefill, so the
+    inputs (and a prompt) run once per example; `variables`' per-example
+    leaves are already repeated once per label.
+    """
+    cache, start = context
+    labels, batch = len(label_tokens), start.shape[0]
+    targets = jnp.tile(jnp.asarray(_label_matrix(label_tokens)), (batch, 1))  # [b * labels, M]
+    cache = _repeat(cache, labels)
+    length = next(v.shape[1] for k, v in traverse_util.flatten_dict(cache).items()
+                  if k[-1] == 'cached_key')
+    frozen = {k: v for k, v in variables.items() if k != 'cache'}
+    token, total = jnp.repeat(start, labels), 0.0
+    for k in range(targets.shape[1]):  # labels are a few tokens: unrolled
+      logits, mutated = model.apply({**frozen, 'cache': cache}, token[:, None], None,
+                                    decode=True, max_decode_length=length, mutable=['cache'])
+      cache = mutated['cache']
+      log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32))
+      picked = jnp.take_along_axis(log_probs, targets[:, k:k + 1], axis=1)[:, 0]
+      total = total + picked * (targets[:, k] > 0)
+      token = targets[:, k]
+    return total.reshape(batch, labels)
 
   def prefill(self, model: nn.Module, variables: Variables, decoder_input_tokens: Array,
               decoder_causal_attention: Array, *, max_decode_length: int, copies: int = 1
@@ -230,13 +235,28 @@ class DecoderOnly:
     length (L = inputs + targets lengths).
     """
     del max_decode_length  # the features' length bounds it
+    cache, start, cache_length = self._prefill(model, variables, decoder_input_tokens,
+                                               decoder_causal_attention)
+    frozen = {k: v for k, v in variables.items() if k != 'cache'}
+
+    def step(step_tokens, cache):
+      logits, mutated = model.apply({**frozen, 'cache': cache}, step_tokens, None,
+                                    decode=True, max_decode_length=cache_length,
+                                    mutable=['cache'])
+      return logits[:, 0], mutated['cache']
+
+    return step, _repeat(cache, copies), _repeat(start, copies)
+
+  def _prefill(self, model: nn.Module, variables: Variables, decoder_input_tokens: Array,
+               decoder_causal_attention: Array, room: int = 0) -> Tuple[Any, Array, int]:
+    """(cache [b, L + e + room, ...] filled up to each n + e, start [b], its length)."""
     inputs, n = _inputs_part(decoder_input_tokens, decoder_causal_attention)
     frozen = {k: v for k, v in variables.items() if k != 'cache'}
     valid = decoder_causal_attention > 0
     extra = jax.eval_shape(lambda: model.apply(
         frozen, inputs, valid, method=DecoderOnlyLM.embed_decoder_inputs_attached))[0].shape[1]
     extra -= inputs.shape[1]
-    cache_length = inputs.shape[1] + extra
+    cache_length = inputs.shape[1] + extra + room
     cache = _empty_cache(model, jnp.ones((inputs.shape[0], cache_length), jnp.int32), None,
                          max_decode_length=cache_length)
     # The padding mask of the prefill is the inputs region, BOS included (as T5X).
@@ -246,16 +266,8 @@ class DecoderOnly:
     flat = traverse_util.flatten_dict(mutated['cache'])
     index = (n + extra).astype(jnp.int32)
     flat = {k: index if k[-1] == 'cache_index' else v for k, v in flat.items()}
-    cache = _repeat(traverse_util.unflatten_dict(flat), copies)
-    start = _repeat(jnp.take_along_axis(inputs, n[:, None], axis=1)[:, 0], copies)
-
-    def step(step_tokens, cache):
-      logits, mutated = model.apply({**frozen, 'cache': cache}, step_tokens, None,
-                                    decode=True, max_decode_length=cache_length,
-                                    mutable=['cache'])
-      return logits[:, 0], mutated['cache']
-
-    return step, cache, start
+    start = jnp.take_along_axis(inputs, n[:, None], axis=1)[:, 0]
+    return traverse_util.unflatten_dict(flat), start, cache_length
 
 
 ENCODER_DECODER = EncoderDecoder()
