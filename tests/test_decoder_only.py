@@ -326,6 +326,11 @@ def test_a_decoder_only_run_trains_then_prompt_tunes_and_evaluates(tmp_path):
   batch_infer.infer()
   lines = (tmp_path / 'infer' / 'fixture_sentiment-validation-predict.jsonl').read_text()
   assert len(lines.splitlines()) == 32 and '"prediction"' in lines
+  # PEFT adapters are T5's: a decoder-only checkpoint is refused in one line.
+  from prompt_tuning.interop import peft
+  with pytest.raises(ValueError, match='decoder-only LM; PEFT adapter export') as error:
+    peft.export_peft_adapter(str(tmp_path / 'prompt'), str(tmp_path / 'peft'))
+  assert '\n' not in str(error.value)
 
 
 class _Recorder:

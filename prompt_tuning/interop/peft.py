@@ -319,7 +319,11 @@ def export_peft_adapter(checkpoint_dir: str, out_dir: str,
   metadata = checkpoints.read_metadata(directory)
   variables = checkpoints.read_delta(directory)
   deltas = recorded_deltas(metadata, variables)
-  config = T5Config(**metadata['model_config']) if 'model_config' in metadata else None
+  fields = metadata.get('model_config')
+  if fields and 'num_layers' in fields:  # DecoderOnlyConfig's field: a decoder-only run
+    raise ValueError(f'{directory} was trained on the decoder-only LM; PEFT adapter export '
+                     'covers the T5 encoder-decoder only.')
+  config = T5Config(**fields) if fields else None
   adapter_config, tensors = peft_files(
       deltas, variables, config, base_model_name_or_path or metadata.get('base_checkpoint'))
   return write_adapter(out_dir, adapter_config, tensors)
