@@ -4,8 +4,9 @@
 `python -m prompt_tuning.{train,eval,infer}`, and `tools/demo.py`) before
 TensorFlow or JAX is imported. By default:
 
-- TensorFlow's and XLA's C++ logging is off (`TF_CPP_MIN_LOG_LEVEL=3` unless
-  the environment sets it), and the lines TensorFlow prints while it loads,
+- TensorFlow's and XLA's C++ logging is off (`TF_CPP_MIN_LOG_LEVEL=3`, also
+  over an inherited value: a parent process that imported TensorFlow passes
+  on the 1 it sets), and the lines TensorFlow prints while it loads,
   before it reads that variable (oneDNN, "Could not find cuda drivers",
   "All log messages before absl::InitializeLog()"), are dropped;
 - Python logging shows this project's records from INFO up, JAX's from
@@ -72,7 +73,7 @@ def setup(verbose: bool) -> None:
   flags.FLAGS.logtostderr = True
   if verbose:
     return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
   with _native_stderr_filtered():
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
   logging.get_absl_handler().addFilter(_shown)

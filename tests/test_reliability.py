@@ -60,9 +60,11 @@ def test_sigterm_and_sigint_save_at_the_next_step_and_resume_bitwise(
   slow = {'PROMPT_TUNING_TEST_STEP_SECONDS': '0.5'}
   args = lambda d: _args(tiny_gin, base_checkpoint, tmp_path / d, steps=12, extra=extra)
   straight = _run_cli(args('straight'))
-  victims = {sig: _run_cli(args(sig.name), **slow) for sig in (signal.SIGTERM, signal.SIGINT)}
-  outputs = {}
-  for sig, proc in victims.items():
+  victims, outputs = {}, {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    # One victim at a time: one whose output nobody reads meanwhile would run
+    # to its end before its signal (its quiet log never fills the pipe).
+    proc = victims[sig] = _run_cli(args(sig.name), **slow)
     head = _read_until(proc, f'step {BASE_STEP + 4}/')
     proc.send_signal(sig)
     tail, _ = proc.communicate(timeout=300)
