@@ -172,6 +172,34 @@ def test_best_checkpoint_survives_a_kill_between_its_save_and_its_record(tmp_pat
   assert (model_dir / 'best' / f'checkpoint_{best["step"]}' / 'prompt.npy').exists()
 
 
+@pytest.mark.slow
+def test_last_step_killed_before_its_evaluation_is_evaluated_on_resume(tmp_path,
+                                                                       random_tiny_hf):
+  model_dir = tmp_path / 'run'
+  args = _args('gin/models/t5_1_1/tiny.gin', random_tiny_hf, model_dir, steps=10, base_step=0,
+               extra=['--gin.EVAL_PERIOD=10', '--gin.EVAL_STEPS=2',
+                      '--gin.CHECKPOINT_PERIOD=10'])
+  killed = _run_cli(args, PROMPT_TUNING_TEST_CRASH_AT='evaluation_started')
+  out, _ = killed.communicate(timeout=600)
+  assert killed.returncode == CRASH_EXIT_CODE, out[-2000:]
+  assert _checkpoints(model_dir) == [10]  # trained and saved, never evaluated
+  metrics = model_dir / 'inference_eval' / 'fixture_sentiment-metrics.jsonl'
+  assert not metrics.exists()
+
+  rerun = _run_cli(args)
+  out, _ = rerun.communicate(timeout=600)
+  assert rerun.returncode == 0, out[-2000:]
+  assert 'Step 10 was saved but not evaluated' in out
+  assert [json.loads(r)['step'] for r in metrics.read_text().splitlines()] == [10]
+  assert json.loads((model_dir / 'best' / 'best.json').read_text())['step'] == 10
+
+  again = _run_cli(args)  # a finished run is not evaluated twice
+  out, _ = again.communicate(timeout=600)
+  assert again.returncode == 0, out[-2000:]
+  assert 'not evaluated' not in out
+  assert len(metrics.read_text().splitlines()) == 1
+
+
 @pytest.mark.parametrize('crash_at', ['best_saved', 'best_recorded', None])
 def test_best_record_and_checkpoint_agree_after_a_kill_at_any_point(tmp_path, monkeypatch,
                                                                    crash_at):

@@ -13,7 +13,8 @@ lost:
 Points: 'checkpoint_committed' (a periodic checkpoint is committed, its
 prompt.npy not yet written), 'best_saved' (a new best checkpoint is written,
 the record not yet switched), 'best_recorded' (the record switched, the old
-best not yet deleted).
+best not yet deleted), 'evaluation_started' (a step's evaluation began, after
+its checkpoint was saved).
 """
 import os
 import time

@@ -173,3 +173,23 @@ def write_parameter_counts(model_dir: str, trainable: Any, frozen: Any) -> Dict[
     f.write(json.dumps(counts) + '\n')
   tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
   return counts
+
+
+EVALUATED_NAME = 'evaluated.json'
+
+
+def write_evaluated_step(model_dir: str, step: int) -> None:
+  """Records in MODEL_DIR/evaluated.json that `step`'s evaluation finished."""
+  path = os.path.join(model_dir, EVALUATED_NAME)
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    f.write(json.dumps({'step': int(step)}) + '\n')
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
+def evaluated_step(model_dir: str) -> Optional[int]:
+  """The last step whose evaluation finished, or None if none is recorded."""
+  path = os.path.join(model_dir, EVALUATED_NAME)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return int(json.load(f)['step'])

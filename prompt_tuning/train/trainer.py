@@ -259,6 +259,7 @@ def train(*,
         _evaluate(step)
 
     def _evaluate(step: int) -> None:
+      faults.crash_point('evaluation_started')
       scalars = teacher_forced.evaluate(state.variables)
       logging.info('step %d training_eval: %s', step, scalars)
       eval_writer.write_scalars(step, scalars)
@@ -269,6 +270,8 @@ def train(*,
         if best.improves(score):
           best.update(step, score, results, lambda to, extra: to.save(
               step, saved_state(state), {**metadata(step), **extra}, export))
+      if jax.process_index() == 0:
+        run_dir.write_evaluated_step(model_dir, step)
 
     eval_writer = metric_writers.create_default_writer(
         os.path.join(model_dir, 'training_eval', mixture_or_task_name),
@@ -284,6 +287,12 @@ def train(*,
 
     progress_bar.set_total(train_steps - start_step)
     if run_eval_before_training and eval_period:
+      evaluate(start_step)
+    elif (eval_period and resumed and (start_step % eval_period == 0 or start_step == train_steps)
+          and (run_dir.evaluated_step(model_dir) or 0) < start_step):
+      # The run stopped after saving this step but before its evaluation
+      # finished; at TRAIN_STEPS that evaluation is the run's result.
+      logging.info('Step %d was saved but not evaluated; evaluating it now.', start_step)
       evaluate(start_step)
     window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
     saved_step = start_step  # the step of the newest checkpoint on disk
