@@ -338,6 +338,25 @@ def test_plot_means_stds_and_missing(tmp_path):
   assert height > 100 and width > 100
 
 
+def test_plot_per_task_tables_list_every_seed(tmp_path):
+  recipe_path = tmp_path / 'fig.toml'
+  recipe_path.write_text(PLOT_RECIPE)
+  sweep_dir = tmp_path / 'runs' / 'fig'
+  _write_runs(sweep_dir)
+  plot_py = [sys.executable, str(REPO / 'tools' / 'plot.py'), str(sweep_dir),
+             '--recipe', str(recipe_path)]
+  out = subprocess.run(plot_py + ['--per', 'task'], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  t1 = out.stdout.split('#### task = t1\n')[1].split('####')[0]
+  assert '| a | 62.00 ± 2.00 (3) [60.00, 62.00, 64.00] | 80.00 ± 0.00 (3) [80.00, 80.00, 80.00] |' in t1
+  assert '| b | 50.00 ± 0.00 (3) [50.00, 50.00, 50.00] | 40.00 (1) |' in t1
+  t2 = out.stdout.split('#### task = t2\n')[1]
+  assert '| b | 53.00 ± 1.41 (2) [52.00, 54.00] | 44.00 (1) |' in t2
+  bad = subprocess.run(plot_py + ['--per', 'size'], capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2
+  assert "--per size: not one of the recipe's average_over labels ['task']" in bad.stderr
+
+
 def test_metric_selection():
   results = {'score': 61.0, 'metrics': {'cb': {'accuracy': 70.0, 'f1': 50.0},
                                          'rte': {'accuracy': 80.0}}}

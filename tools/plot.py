@@ -2,6 +2,7 @@ r"""Draws a sweep's figure and its table: mean +- std over seeds of each (x, ser
 
     python tools/plot.py runs/prompt_init --output prompt_init.png --markdown prompt_init.md
     python tools/plot.py runs/prompt_init --recipe configs/paper/prompt_init.toml --output fig.png
+    python tools/plot.py runs/demo_scale --per task     # also a table per task, every seed
 
 Reads <sweep dir>/manifest.json (written by tools/sweep.py; `--recipe` instead
 takes the runs and the plotting spec from the recipe, the run directories
@@ -67,12 +68,14 @@ class Cell:
   def std(self) -> float:
     return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
 
-  def text(self, digits: int = 2) -> str:
+  def text(self, digits: int = 2, seeds: bool = False) -> str:
+    """'mean ± std (n)'; with `seeds`, each seed's value follows in brackets."""
     if not self.values:
       return 'missing'
     if self.n == 1:
       return f'{self.mean:.{digits}f} (1)'
-    return f'{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.n})'
+    each = f' [{", ".join(f"{v:.{digits}f}" for v in self.values)}]' if seeds else ''
+    return f'{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.n}){each}'
 
 
 # -- reading results -------------------------------------------------------------
@@ -279,14 +282,7 @@ def markdown(table: Table, spec: Mapping[str, Any], digits: int = 2) -> str:
   lines = [f'### {_title(spec)}', '']
   if spec.get('finding'):
     lines += ['> ' + ' '.join(spec['finding'].split()), '']
-  x_name = spec.get('x_ticks') or spec['x']
-  corner = f'{spec["series"]} \\ {x_name}' if spec.get('series') else x_name
-  lines.append(f'| {corner} | ' + ' | '.join(_x_name(table, x) for x in table.xs) + ' |')
-  lines.append('|---' * (len(table.xs) + 1) + '|')
-  for s in table.series:
-    row = [table.cells.get((s, x), Cell([])).text(digits) for x in table.xs]
-    lines.append(f'| {s if s is not None else spec.get("ylabel", spec["metric"])} | '
-                 + ' | '.join(row) + ' |')
+  lines += _table_lines(table, spec, digits)
   for s, by_x in _reported(spec).items():
     lines.append(f'| paper: {s if s is not None else ""} | '
                  + ' | '.join(f'{by_x[x]:.{digits}f}' if x in by_x else '' for x in table.xs)
@@ -299,6 +295,43 @@ def markdown(table: Table, spec: Mapping[str, Any], digits: int = 2) -> str:
     lines += ['', f'Missing ({len(table.missing)}):', ''] + [f'- {m}' for m in table.missing]
   if table.warnings:
     lines += ['', 'Warnings:', ''] + [f'- {w}' for w in table.warnings]
+  return '\n'.join(lines) + '\n'
+
+
+def _table_lines(table: Table, spec: Mapping[str, Any], digits: int,
+                 seeds: bool = False) -> List[str]:
+  x_name = spec.get('x_ticks') or spec['x']
+  corner = f'{spec["series"]} \\ {x_name}' if spec.get('series') else x_name
+  lines = [f'| {corner} | ' + ' | '.join(_x_name(table, x) for x in table.xs) + ' |',
+           '|---' * (len(table.xs) + 1) + '|']
+  for s in table.series:
+    row = [table.cells.get((s, x), Cell([])).text(digits, seeds) for x in table.xs]
+    lines.append(f'| {s if s is not None else spec.get("ylabel", spec["metric"])} | '
+                 + ' | '.join(row) + ' |')
+  return lines
+
+
+def per_label_markdown(results: Sequence[Result], spec: Mapping[str, Any], label: str,
+                       digits: int = 2) -> str:
+  """A table for each value of `label` (one of `average_over`, e.g. each task).
+
+  The cells are summarised over seeds as in the main table, with each seed's
+  value after them in brackets (in the order the runs are listed).
+  """
+  if label not in (spec.get('average_over') or ()):
+    raise recipe_lib.RecipeError(
+        f'--per {label}: not one of the recipe\'s average_over labels '
+        f'{list(spec.get("average_over") or ())}.')
+  values: List[Any] = []
+  for r in results:
+    if label in r.labels and _hashable(r.labels[label]) not in values:
+      values.append(_hashable(r.labels[label]))
+  sub_spec = {**spec, 'average_over': [a for a in spec['average_over'] if a != label]}
+  lines = []
+  for value in values:
+    table = aggregate([r for r in results if _hashable(r.labels.get(label)) == value], sub_spec)
+    lines += ['', f'#### {label} = {value}', ''] + _table_lines(table, sub_spec, digits,
+                                                                 seeds=True)
   return '\n'.join(lines) + '\n'
 
 
@@ -389,6 +422,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--output', help='the figure (PNG)')
   parser.add_argument('--markdown', help='also write the table here')
   parser.add_argument('--digits', type=int, default=2)
+  parser.add_argument('--per', metavar='LABEL',
+                      help='also a table for each value of LABEL (an average_over label, '
+                           'e.g. task), with every seed\'s value')
   args = parser.parse_args(argv)
   try:
     spec, runs = load_sweep(args.sweep_dir, args.recipe)
@@ -400,6 +436,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = relative(results, spec['relative_to'])
   table = aggregate(results, spec)
   text = markdown(table, spec, args.digits)
+  if args.per:
+    try:
+      text += per_label_markdown(results, spec, args.per, args.digits)
+    except recipe_lib.RecipeError as e:
+      print(f'Error: {e}', file=sys.stderr)
+      return 2
   print(text, end='', flush=True)
   if args.markdown:
     with open(args.markdown, 'w', encoding='utf-8') as f:
