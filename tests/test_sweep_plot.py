@@ -497,6 +497,57 @@ def test_plot_labels_runs_with_their_trained_parameters(tmp_path):
   assert table.xs == [200, 3000] and table.missing == ['ia3: no run directory']
 
 
+METHODS_RECIPE = """
+name = "methods"
+metric = "score"
+x = "trained_parameters"
+x_scale = "log"
+series = "method"
+average_over = ["task"]
+seeds = [0]
+[[runs]]
+name = "lora"
+labels = {method = "LoRA"}
+[[runs]]
+name = "prompt"
+labels = {method = "prompt"}
+[[cross.size]]
+name = "s"
+labels = {size = "s"}
+[[cross.size]]
+name = "m"
+labels = {size = "m"}
+"""
+
+
+def test_plot_against_another_label_than_the_recipes_x(tmp_path):
+  recipe_path = tmp_path / 'methods.toml'
+  recipe_path.write_text(METHODS_RECIPE)
+  sweep_dir = tmp_path / 'runs' / 'methods'
+  values = {('lora', 's'): (3000, 80.0), ('lora', 'm'): (6000, 90.0),
+            ('prompt', 's'): (200, 70.0), ('prompt', 'm'): (400, 85.0)}
+  for (method, size), (trained, value) in values.items():
+    run = sweep_dir / f'{method}-{size}-seed0'
+    (run / 'best').mkdir(parents=True)
+    (run / 'best' / 'best.json').write_text(json.dumps(
+        {'step': 1, 'score': value, 'metrics': {'t': {'accuracy': value}}}))
+    (run / 'parameters.json').write_text(json.dumps(
+        {'trained': trained, 'frozen_delta': 0, 'backbone': 10_000}))
+  plot_py = [sys.executable, str(REPO / 'tools' / 'plot.py'), str(sweep_dir),
+             '--recipe', str(recipe_path)]
+  by_parameters = subprocess.run(plot_py, capture_output=True, text=True, timeout=120)
+  assert '| method \\ trained_parameters | 200 | 400 | 3000 | 6000 |' in by_parameters.stdout
+  by_size = subprocess.run(plot_py + ['--x', 'size'], capture_output=True, text=True,
+                           timeout=120)
+  assert by_size.returncode == 0, by_size.stderr
+  assert '| method \\ size | s | m |' in by_size.stdout
+  assert '| LoRA | 80.00 (1) | 90.00 (1) |' in by_size.stdout
+  assert '| prompt | 70.00 (1) | 85.00 (1) |' in by_size.stdout
+  averaged = subprocess.run(plot_py + ['--x', 'task'], capture_output=True, text=True,
+                            timeout=120)
+  assert averaged.returncode == 2 and 'the recipe averages over it' in averaged.stderr
+
+
 STAGED_RECIPE = """
 name = "staged"
 metric = "score"

@@ -3,6 +3,7 @@ r"""Draws a sweep's figure and its table: mean +- std over seeds of each (x, ser
     python tools/plot.py runs/prompt_init --output prompt_init.png --markdown prompt_init.md
     python tools/plot.py runs/prompt_init --recipe configs/paper/prompt_init.toml --output fig.png
     python tools/plot.py runs/demo_scale --per task     # also a table per task, every seed
+    python tools/plot.py runs/demo_compare --x size     # a recipe's runs against another label
 
 Reads <sweep dir>/manifest.json (written by tools/sweep.py; `--recipe` instead
 takes the runs and the plotting spec from the recipe, the run directories
@@ -422,6 +423,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--output', help='the figure (PNG)')
   parser.add_argument('--markdown', help='also write the table here')
   parser.add_argument('--digits', type=int, default=2)
+  parser.add_argument('--x', metavar='LABEL',
+                      help="tabulate and draw against LABEL instead of the recipe's x "
+                           '(e.g. size, where the recipe plots trained_parameters)')
   parser.add_argument('--per', metavar='LABEL',
                       help='also a table for each value of LABEL (an average_over label, '
                            'e.g. task), with every seed\'s value')
@@ -431,6 +435,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except recipe_lib.RecipeError as e:
     print(f'Error: {e}', file=sys.stderr)
     return 2
+  if args.x:
+    if args.x in (spec.get('average_over') or ()):
+      print(f'Error: --x {args.x}: the recipe averages over it; choose another label.',
+            file=sys.stderr)
+      return 2
+    spec = {**spec, 'x': args.x, 'x_scale': 'category', 'x_ticks': None, 'reported': None}
   results = collect({n: r for n, r in runs.items() if r.get('plot', True)}, spec['metric'])
   if spec.get('relative_to'):
     results = relative(results, spec['relative_to'])
