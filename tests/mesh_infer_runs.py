@@ -1,7 +1,11 @@
 """The infer and eval commands on one device and on a 2x4 mesh (for test_mesh_inference.py).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=tests \
-      python tests/mesh_infer_runs.py ROOT
+      python tests/mesh_infer_runs.py ROOT [PROCESS_INDEX PORT]
+
+With PROCESS_INDEX PORT: one of two processes of 4 devices joined by
+`jax.distributed`, layout 'two_hosts' (mesh 1x8 across both; process 0
+writes the outputs), infer only.
 
 Writes a random `tiny` base (Hugging Face folder) and two prompt checkpoints
 under ROOT, then for each layout ('one': 1 device; 'mesh': 2x4, backbone read
@@ -34,7 +38,9 @@ def _write_inputs(root):
   params = jax.tree_util.tree_map(np.asarray, nn.unbox(
       Transformer(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens)['params']))
   base = os.path.join(root, 'hf')
-  hf_checkpoint.write_hf_t5(config, params, base)
+  if jax.process_index() == 0:
+    hf_checkpoint.write_hf_t5(config, params, base)
+  _sync('base written')
   params = load_pretrained(base)[1]
   checkpointer = DeltaCheckpointer(os.path.join(root, 'run'), keep=None)
   rng, delta = np.random.RandomState(0), PromptTuning(length=5)
@@ -48,11 +54,17 @@ def _write_inputs(root):
   return config
 
 
-def main(root):
-  config = _write_inputs(root)
+def _sync(name):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def main(root, layouts=LAYOUTS, evaluate=True):
+  config = _write_inputs(root)  # every process: Orbax saves collectively
   run = os.path.join(root, 'run')
   checkpoints = [os.path.join(run, 'checkpoint_10'), os.path.join(run, 'checkpoint_20')]
-  for name, (mesh, devices) in LAYOUTS.items():
+  for name, (mesh, devices) in layouts.items():
     partitioner = partitioning.Partitioner(mesh_shape=mesh, devices=jax.devices()[:devices])
     out = os.path.join(root, name)
     common = dict(model=Transformer(config), mixture_or_task_name=TASK,
@@ -63,19 +75,28 @@ def main(root):
                         checkpoint_path=checkpoints[0], **common)
       batch_infer.infer(mode=mode, output_dir=os.path.join(out, 'bank'),
                         prompt_files=checkpoints, **common)
-    evaluator = evaluation.InferenceEvaluator(TASK, LENGTHS, batch_size=16,
-                                              log_dir=os.path.join(out, 'eval'))
-    results = checkpoint_eval.evaluate_checkpoints(
-        model=Transformer(config), evaluator=evaluator, checkpoint_path=run,
-        mixture_or_task_module='fixture_tasks', partitioner=partitioner)
+    results = {}
+    if evaluate:
+      evaluator = evaluation.InferenceEvaluator(TASK, LENGTHS, batch_size=16,
+                                                log_dir=os.path.join(out, 'eval'))
+      results = checkpoint_eval.evaluate_checkpoints(
+          model=Transformer(config), evaluator=evaluator, checkpoint_path=run,
+          mixture_or_task_module='fixture_tasks', partitioner=partitioner)
     loaded = loading.VariableLoader(Transformer(config), partitioner=partitioner).checkpoint(
         checkpoints[0])
     layout = {jax.tree_util.keystr(p): str(x.sharding.spec)
               for p, x in jax.tree_util.tree_flatten_with_path(loaded.variables)[0]}
+    if jax.process_index() > 0:
+      continue
     with open(os.path.join(out, 'shardings.json'), 'w') as f:
       json.dump({'layout': layout, 'metrics': {str(k): v for k, v in results.items()},
                  'mesh': dict(partitioner.mesh.shape)}, f)
 
 
 if __name__ == '__main__':
-  main(sys.argv[1])
+  if len(sys.argv) > 2:  # one of two processes of 4 devices: mesh 1x8 across them
+    jax.distributed.initialize(f'localhost:{sys.argv[3]}', num_processes=2,
+                               process_id=int(sys.argv[2]))
+    main(sys.argv[1], {'two_hosts': ((1, 8), 8)}, evaluate=False)
+  else:
+    main(sys.argv[1])

@@ -2,13 +2,16 @@
 
 `mesh_infer_runs.py` (8 virtual CPU devices) runs `batch_infer.infer`
 (predict and score) for a prompt checkpoint and for a bank of two, and
-`evaluate_checkpoints` over a directory, once on one device and once on a
-2x4 mesh whose backbone is read shard by shard with the training layout.
+`evaluate_checkpoints` over a directory, on one device and on a 2x4 mesh
+whose backbone is read shard by shard with the training layout; the infer
+runs again on two processes of 4 devices sharing a 1x8 mesh (each reads its
+half of the backbone).
 Each output is computed independently; none is a stored expectation.
 """
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -20,15 +23,41 @@ REPO = TESTS.parent
 FILE = 'fixture_sentiment-validation-{}.jsonl'
 
 
+def _env(devices):
+  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(TESTS),
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
 @pytest.fixture(scope='module')
 def root(tmp_path_factory):
-  root = tmp_path_factory.mktemp('mesh_infer')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(TESTS),
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  proc = subprocess.run([sys.executable, str(TESTS / 'mesh_infer_runs.py'), str(root)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-                        check=False)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  """One process (layouts 'one' and 'mesh'), then two processes of 4 devices on a
+  1x8 mesh across them (layout 'two_hosts', infer only, in its own directory,
+  linked into the first's)."""
+  root, two = tmp_path_factory.mktemp('mesh_infer'), tmp_path_factory.mktemp('two_hosts')
+  script = str(TESTS / 'mesh_infer_runs.py')
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  # One after the other: two processes joined by gloo crawl when they share
+  # the cores with a third compiling.
+  # Output to files: a full pipe would stall a process the other one waits for.
+  runs = [[[script, str(root)]], [[script, str(two), str(i), str(port)] for i in range(2)]]
+  for number, (group, devices) in enumerate(zip(runs, (8, 4))):
+    logs = [two / f'log_{number}_{i}' for i in range(len(group))]
+    procs = []
+    for args, log in zip(group, logs):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=_env(devices),
+                                      stdout=f, stderr=subprocess.STDOUT))
+    try:
+      for p in procs:
+        p.wait(timeout=1800)
+    finally:
+      for p in procs:
+        p.kill()
+    for p, log in zip(procs, logs):
+      assert p.returncode == 0, log.read_text()[-3000:]
+  (root / 'two_hosts').symlink_to(two / 'two_hosts')
   return root
 
 
@@ -36,10 +65,11 @@ def _lines(path):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.slow  # 75 s of CPU (3 min with two training sweeps on the 2 cores)
+@pytest.mark.slow  # 2.5 min of CPU; 5-15 min with two training sweeps on the 2 cores
+@pytest.mark.parametrize('layout', ['mesh', 'two_hosts'])
 @pytest.mark.parametrize('kind', ['single', 'bank'])
-def test_predictions_and_scores_equal_one_device(root, kind):
-  one, mesh = root / 'one' / kind, root / 'mesh' / kind
+def test_predictions_and_scores_equal_one_device(root, kind, layout):
+  one, mesh = root / 'one' / kind, root / layout / kind
   predicted = _lines(one / FILE.format('predict'))
   assert len(predicted) == 32
   assert _lines(mesh / FILE.format('predict')) == predicted
@@ -49,13 +79,14 @@ def test_predictions_and_scores_equal_one_device(root, kind):
 
 
 @pytest.mark.slow
-def test_eval_of_every_checkpoint_equals_one_device(root):
+@pytest.mark.parametrize('layout', ['mesh'])
+def test_eval_of_every_checkpoint_equals_one_device(root, layout):
   for step in ('000010', '000020'):
     name = f'fixture_sentiment-{step}.jsonl'
     want = [r['prediction'] for r in _lines(root / 'one' / 'eval' / name)]
-    assert [r['prediction'] for r in _lines(root / 'mesh' / 'eval' / name)] == want
+    assert [r['prediction'] for r in _lines(root / layout / 'eval' / name)] == want
   metrics = lambda d: json.loads((root / d / 'shardings.json').read_text())['metrics']
-  assert metrics('mesh') == metrics('one') and sorted(metrics('one')) == ['10', '20']
+  assert metrics(layout) == metrics('one') and sorted(metrics('one')) == ['10', '20']
 
 
 @pytest.mark.slow

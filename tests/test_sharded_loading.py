@@ -46,20 +46,24 @@ def runs(shared_data, tmp_path_factory):
   root = tmp_path_factory.mktemp('sharded_load')
   script = str(TESTS / 'sharded_load_runs.py')
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, script, str(shared_data), str(root),
-                             str(root / 'one.json')], cwd=REPO, env=_env(8),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-  procs += [subprocess.Popen([sys.executable, script, str(shared_data), str(root),
-                              str(root / f'p{i}.json'), str(i), str(port)], cwd=REPO,
-                             env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True) for i in range(2)]
+  commands = [([str(root / 'one.json')], 8)] + [
+      ([str(root / f'p{i}.json'), str(i), str(port)], 4) for i in range(2)]
+  procs, logs = [], []
+  # Output to files: a full pipe would stall a process the other one waits for.
+  for number, (args, devices) in enumerate(commands):
+    logs.append(root / f'log_{number}')
+    with open(logs[-1], 'w') as f:
+      procs.append(subprocess.Popen([sys.executable, script, str(shared_data), str(root), *args],
+                                    cwd=REPO, env=_env(devices), stdout=f,
+                                    stderr=subprocess.STDOUT))
   try:
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p in procs:
+      p.wait(timeout=600)
   finally:
     for p in procs:
       p.kill()
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-4000:]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log.read_text()[-4000:]
   read = lambda name: json.loads((root / name).read_text())
   return read('one.json'), [read('p0.json'), read('p1.json')]
 

@@ -33,6 +33,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 
 GIB = 1024 ** 3
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -124,18 +125,24 @@ def measure(path: str, mode: str, mesh: tuple, processes: int, read_ahead_mib: i
     port = s.getsockname()[1]
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices // processes}')
-  procs = [subprocess.Popen(
-      [sys.executable, os.path.join(HERE, 'load_memory.py'), '--worker', '--path', path,
-       '--mode', mode, '--mesh', f'{mesh[0]}x{mesh[1]}', '--processes', str(processes),
-       '--process_index', str(i), '--port', str(port), '--read_ahead_mib', str(read_ahead_mib)],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(processes)]
-  reports = []
-  for proc in procs:
-    out, err = proc.communicate(timeout=3600)
-    if proc.returncode:
-      raise SystemExit(f'load worker failed:\n{err[-3000:]}')
-    reports.append(json.loads(out.strip().splitlines()[-1]))
+  # Output to files: a full pipe would stall a worker the others wait for.
+  with tempfile.TemporaryDirectory() as logs:
+    procs = []
+    for i in range(processes):
+      with open(os.path.join(logs, f'{i}.out'), 'w') as out, \
+           open(os.path.join(logs, f'{i}.err'), 'w') as err:
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, 'load_memory.py'), '--worker', '--path', path,
+             '--mode', mode, '--mesh', f'{mesh[0]}x{mesh[1]}', '--processes', str(processes),
+             '--process_index', str(i), '--port', str(port),
+             '--read_ahead_mib', str(read_ahead_mib)], env=env, stdout=out, stderr=err))
+    reports = []
+    for i, proc in enumerate(procs):
+      proc.wait(timeout=3600)
+      read = lambda name: open(os.path.join(logs, f'{i}.{name}')).read()
+      if proc.returncode:
+        raise SystemExit(f'load worker {i} failed:\n{read("err")[-3000:]}')
+      reports.append(json.loads(read('out').strip().splitlines()[-1]))
   return reports
 
 
