@@ -71,3 +71,25 @@ def test_load_report_whole_vs_sharded(tmp_path):
     assert 0.4 * model < row['device_shards'] < 0.6 * model
     if row['mode'] == 'whole':
       assert row['bytes_read'] >= model  # every array read by every host
+
+
+@pytest.mark.slow  # two compilations of the tiny step: about 30 s on 2 busy cores
+def test_two_dimensional_parameter_partitioning_halves_the_weights_on_2x2():
+  """PARAMETER_PARTITIONING_DIMS=2 splits every weight's embed over 'data' (2 here)."""
+  def trainable(dims):
+    out = subprocess.run(
+        [sys.executable, 'tools/memory_report.py', '--sizes', 'tiny', '--modes', 'model',
+         '--mesh', '2x2', '--batch_size', '4', '--input_length', '16', '--target_length', '4',
+         '--parameter_partitioning_dims', str(dims), '--json'],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+    assert row['partitioning_dims'] == {'parameters': dims, 'activations': 1}
+    return row['trainable']
+  one, two = trainable(1), trainable(2)
+  # Only the two relative position tables [heads, buckets] have no embed axis:
+  # they keep their 1-D layout (heads over 'model' when it divides them).
+  c = SIZES['tiny']
+  relpos = 2 * c.num_heads * c.relative_attention_num_buckets * 4
+  relpos //= 2 if c.num_heads % 2 == 0 else 1
+  assert two == relpos + (one - relpos) // 2

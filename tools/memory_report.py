@@ -89,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--remat', default='none',
                       help="comma list of REMAT_POLICY values: none, minimal, dots, full")
   parser.add_argument('--num_microbatches', type=int, default=None)
+  parser.add_argument('--parameter_partitioning_dims', type=int, default=1,
+                      help="PARAMETER_PARTITIONING_DIMS: 2 also splits weights' embed over data")
+  parser.add_argument('--activation_partitioning_dims', type=int, default=1,
+                      help="ACTIVATION_PARTITIONING_DIMS: 2 splits activations' embed over model")
   parser.add_argument('--dtype', default='bfloat16', help='activation dtype')
   parser.add_argument('--param_dtype', default='float32',
                       help='storage dtype of the frozen backbone in prompt tuning '
@@ -182,7 +186,10 @@ def report(size: str, mode: str, remat: str, args, devices) -> dict:
   method = from_run_files([run_file], config, [f'PROMPT_LENGTH = {args.prompt_length}'] *
                           (mode == 'prompt'))
   model = method.model
-  partitioner = partitioning.Partitioner(mesh_shape=args.mesh_shape, devices=devices)
+  partitioner = partitioning.Partitioner(
+      mesh_shape=args.mesh_shape, devices=devices,
+      activation_partitioning_dims=args.activation_partitioning_dims,
+      parameter_partitioning_dims=args.parameter_partitioning_dims)
   partitioner.add_rules(method.logical_axis_rules())
   tokens = jnp.ones((1, 8), jnp.int32)
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, tokens))
@@ -237,6 +244,8 @@ def report(size: str, mode: str, remat: str, args, devices) -> dict:
       'size': size, 'mode': mode, 'mesh': f'{args.mesh_shape[0]}x{args.mesh_shape[1]}',
       'platform': args.topology or 'cpu', 'device_kind': devices[0].device_kind,
       'remat': remat, 'num_microbatches': args.num_microbatches,
+      'partitioning_dims': {'parameters': args.parameter_partitioning_dims,
+                            'activations': args.activation_partitioning_dims},
       'batch': f'{args.batch_size}x{args.input_length}+{args.target_length}',
       'prompt_length': args.prompt_length if mode == 'prompt' else 0,
       'dtype': args.dtype,
