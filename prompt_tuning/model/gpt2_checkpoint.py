@@ -17,9 +17,10 @@ import numpy as np
 
 from prompt_tuning.model.gpt2 import ACTIVATIONS, GPT2Config
 from prompt_tuning.model.hf_checkpoint import CONFIG_NAME
-from prompt_tuning.model.hf_checkpoint import _read_weights  # pylint: disable=protected-access
+from prompt_tuning.model.hf_checkpoint import open_weights
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import unflatten_tree
+from prompt_tuning.model.shard_reads import read_whole
 
 _PREFIX = 'transformer.'
 _MASK_BUFFER = re.compile(r'h\.\d+\.attn\.(bias|masked_bias)')
@@ -119,7 +120,7 @@ def read_hf_gpt2(path: str) -> Tuple[GPT2Config, Dict[str, Any]]:
     raise CheckpointError(f'cannot read Hugging Face config {config_path}: {e}') from e
   config = config_from_hf(hf, config_path)
   weights = {}
-  for name, value in _read_weights(path).items():
+  for name, value in read_whole(open_weights(path), path).items():
     name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
     if not _MASK_BUFFER.fullmatch(name):
       weights[name] = value

@@ -155,7 +155,7 @@ def _open_torch(path: str) -> Dict[str, shard_reads.LazyArray]:
   return {k: shard_reads.in_memory(v) for k, v in read_torch(path).items()}
 
 
-def _open_weights(folder: str) -> Dict[str, shard_reads.LazyArray]:
+def open_weights(folder: str) -> Dict[str, shard_reads.LazyArray]:
   """All tensors of an HF folder as LazyArrays, preferring safetensors."""
   for name, opener in ((SAFETENSORS_NAME, open_safetensors),
                        (SAFETENSORS_INDEX_NAME, open_safetensors),
@@ -226,7 +226,7 @@ def open_hf_t5(path: str) -> Tuple[T5Config, Dict[str, Any]]:
     raise CheckpointError(f'cannot read Hugging Face config {config_path}: '
                           f'{e}') from e
   config = config_from_hf(hf, config_path)
-  weights = _open_weights(path)
+  weights = open_weights(path)
   names = hf_names(config)
   if 'shared.weight' not in weights:  # Some exporters keep only a copy.
     for name in _REDUNDANT:
