@@ -497,6 +497,22 @@ def test_plot_labels_runs_with_their_trained_parameters(tmp_path):
   assert table.xs == [200, 3000] and table.missing == ['ia3: no run directory']
 
 
+def test_a_run_not_run_keeps_its_group_incomplete_when_x_is_recorded():
+  # The run not run has no parameters.json, so no trained_parameters; it is
+  # still the missing half of its seed's mean over tasks.
+  ran = {'trained_parameters': 3000, 'method': 'LoRA', 'seed': 0}
+  results = [plot.Result('lora-t1-seed0', {**ran, 'task': 't1'}, 80.0, 'best.json'),
+             plot.Result('lora-t2-seed0', {'method': 'LoRA', 'seed': 0, 'task': 't2'}, None,
+                         'no run directory'),
+             plot.Result('lora-t1-seed1', {**ran, 'seed': 1, 'task': 't1'}, 70.0, 'best.json'),
+             plot.Result('lora-t2-seed1', {**ran, 'seed': 1, 'task': 't2'}, 90.0, 'best.json')]
+  table = plot.aggregate(results, {'x': 'trained_parameters', 'series': 'method',
+                                   'average_over': ['task']})
+  assert table.xs == [3000]
+  assert table.cells[('LoRA', 3000)].values == [80.0]  # seed 1 only: (70 + 90) / 2
+  assert any('only 1 of 2 runs over task' in m for m in table.missing), table.missing
+
+
 METHODS_RECIPE = """
 name = "methods"
 metric = "score"

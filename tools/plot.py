@@ -217,15 +217,15 @@ def aggregate(results: Sequence[Result], spec: Mapping[str, Any]) -> Table:
   """Averages over `average_over`, then mean / std / n over seeds per (series, x)."""
   x_key, series_key = spec['x'], spec.get('series')
   average_over = set(spec.get('average_over') or ())
-  # 1. One sample per run after removing the averaged-over labels.
+  # 1. One sample per run after removing the averaged-over labels. Recorded
+  # labels (trained_parameters) are not part of the grouping: a run not run
+  # yet has none, and must still count as its group's missing member.
+  recorded = set(recipe_lib.RECORDED_LABELS)
   samples: Dict[Tuple, List[Result]] = {}
   missing = [f'{r.name}: {r.source}' for r in results if r.value is None]
   for r in results:
-    if x_key not in r.labels:  # a recorded label (trained_parameters) of a run not run
-      if r.value is not None:
-        missing.append(f'{r.name}: no {x_key} (MODEL_DIR/parameters.json)')
-      continue
-    key = tuple(sorted((k, _hashable(v)) for k, v in r.labels.items() if k not in average_over))
+    key = tuple(sorted((k, _hashable(v)) for k, v in r.labels.items()
+                       if k not in average_over and k not in recorded))
     samples.setdefault(key, []).append(r)
   cells: Dict[Tuple[Any, Any], Cell] = {}
   members: Dict[Tuple[Any, Any], List[Dict[str, Any]]] = {}
@@ -234,6 +234,17 @@ def aggregate(results: Sequence[Result], spec: Mapping[str, Any]) -> Table:
   tick_names: Dict[Any, str] = {}
   for key, group in samples.items():
     labels = dict(key)
+    for name in {x_key, series_key} & recorded:  # taken from the group's runs that ran
+      found = {_hashable(r.labels[name]) for r in group if name in r.labels}
+      if len(found) > 1:
+        missing.append(f'{_describe(labels)}: runs with different {name} {sorted(found)}; '
+                       'left out')
+      if len(found) == 1:
+        labels[name] = found.pop()
+    if x_key not in labels or (series_key and series_key not in labels):
+      if any(r.value is not None for r in group):
+        missing.append(f'{_describe(labels)}: no {x_key} (MODEL_DIR/parameters.json)')
+      continue
     x, s = labels[x_key], labels.get(series_key) if series_key else None
     if x not in xs:
       xs.append(x)
