@@ -36,6 +36,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -396,12 +397,15 @@ def draw(table: Table, spec: Mapping[str, Any], output: str) -> None:
   else:
     if spec.get('x_scale') == 'log':
       ax.set_xscale('log')
-    ax.set_xticks(table.xs)
-    ax.set_xticklabels([_x_name(table, x) for x in table.xs])
-    ax.minorticks_off()
+    if spec.get('x_ticks') or spec.get('x_scale') != 'log':
+      ax.set_xticks(table.xs)
+      ax.set_xticklabels([_x_name(table, x) for x in table.xs])
+      ax.minorticks_off()
+    # else matplotlib's own powers of ten: a tick per value (parameter counts
+    # such as 320, 448, 490) would overlap.
   ax.set_xlabel(spec.get('x_ticks') or spec['x'])
   ax.set_ylabel(spec.get('ylabel') or spec['metric'])
-  ax.set_title(_title(spec) + '\n(mean ± std over seeds)', fontsize=10)
+  ax.set_title(textwrap.fill(_title(spec), 70) + '\n(mean ± std over seeds)', fontsize=10)
   if spec.get('series') or reported:
     ax.legend(title=spec.get('series'), fontsize=8)
   ax.grid(axis='y', alpha=0.3)
