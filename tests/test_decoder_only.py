@@ -29,6 +29,7 @@ from prompt_tuning.model.config import DecoderOnlyConfig, T5Config, num_paramete
 from prompt_tuning.model.decoder_only import DecoderOnlyLM
 from prompt_tuning.model.losses import sequence_scores
 from prompt_tuning.model.t5 import Transformer
+from test_sites import Recorder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 T5X_TARBALL = pathlib.Path(os.environ.get(
@@ -333,26 +334,11 @@ def test_a_decoder_only_run_trains_then_prompt_tunes_and_evaluates(tmp_path):
   assert '\n' not in str(error.value)
 
 
-class _Recorder:
-  """A delta-like handler that records each site it wraps with the module's path."""
-  sites = ('decoder_input', 'decoder_only_layer', 'attention', 'mlp', 'relative_position_bias')
-
-  def __init__(self):
-    self.calls = []
-
-  def setup(self, root):
-    del root
-
-  def intercept(self, site, next_fun, args, kwargs, module):
-    from prompt_tuning.model import sites  # pylint: disable=g-import-not-at-top
-    self.calls.append((site.name, sites.module_path(module)))
-    return next_fun(*args, **kwargs)
-
-
 @pytest.mark.parametrize('remat', ['none', 'full'])
 def test_decoder_only_sites_are_reached_once_per_call(remat):
   from prompt_tuning.model import sites  # pylint: disable=g-import-not-at-top
-  recorder = _Recorder()
+  recorder = Recorder(('decoder_input', 'decoder_only_layer', 'attention', 'mlp',
+                       'relative_position_bias'))
   model = DecoderOnlyLM(CONFIG.replace(remat_policy=remat))
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(INPUTS), jnp.asarray(TARGETS))
   with sites.attach((recorder,)):

@@ -19,10 +19,10 @@ import transformers
 
 from prompt_tuning.data.gpt2_vocab import GPT2Vocabulary
 from prompt_tuning.deltas.lora import LoRA
-from prompt_tuning.model import sites
 from prompt_tuning.model.gpt2 import GPT2Config, GPT2LM
 from prompt_tuning.model.gpt2_checkpoint import read_hf_gpt2
 from prompt_tuning.model.param_shapes import CheckpointError
+from test_sites import Recorder
 
 VOCAB = 100
 N_POSITIONS = 64
@@ -138,25 +138,10 @@ def test_missing_and_misshapen_weights_are_errors(tmp_path):
     read_hf_gpt2(str(folder))
 
 
-class Recorder:
-  """A delta-like handler that records each site call with its module path."""
-  sites = ('attention', 'attention_scores', 'mlp', 'dense')
-
-  def __init__(self):
-    self.calls = []
-
-  def setup(self, root):
-    del root
-
-  def intercept(self, site, next_fun, args, kwargs, module):
-    self.calls.append((site.name, sites.module_path(module)))
-    return next_fun(*args, **kwargs)
-
-
 def test_sites_and_a_lora_delta_attach():
   config = GPT2Config(**SMALL)
   tokens = jnp.asarray(np.random.RandomState(0).randint(0, VOCAB, (2, 5)))
-  recorder = Recorder()
+  recorder = Recorder(('attention', 'attention_scores', 'mlp', 'dense'))
   jax.eval_shape(lambda: GPT2LM(config, deltas=(recorder,)).init(jax.random.PRNGKey(0),
                                                                   tokens))
   by_site = {}
