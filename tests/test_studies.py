@@ -33,13 +33,18 @@ def _sweep(recipe, out_dir, *only, settings=()):
   return _tool(*args)
 
 
-def _plot(sweep_dir):
-  return _tool('tools/plot.py', str(sweep_dir), '--output', str(sweep_dir / 'figure.png')).stdout
+def _plot(sweep_dir, *only):
+  """The table of the runs `only` names: a seed's mean over tasks waits for all of them."""
+  args = ['tools/plot.py', str(sweep_dir), '--output', str(sweep_dir / 'figure.png')]
+  for pattern in only:
+    args += ['--only', pattern]
+  return _tool(*args).stdout
 
 
 def test_scale_recipe(tmp_path):
-  _sweep('scale', tmp_path, '*-genre-xs-seed0', '*-genre-s-seed0')
-  table = _plot(tmp_path / 'demo_scale')
+  only = ('*-genre-xs-seed0', '*-genre-s-seed0')
+  _sweep('scale', tmp_path, *only)
+  table = _plot(tmp_path / 'demo_scale', *only)
   # Model and prompt tuning at two sizes, each from its run's best.json.
   for method in ('model_tuning', 'prompt_tuning'):
     row = next(line for line in table.splitlines() if line.startswith(f'| {method} |'))
@@ -51,15 +56,19 @@ def test_scale_recipe(tmp_path):
 
 
 def test_compare_recipe(tmp_path):
-  _sweep('compare', tmp_path, 'lora-genre-xs-seed0', 'bitfit-genre-xs-seed0')
-  table = _plot(tmp_path / 'demo_compare')
+  only = ('lora-genre-xs-seed0', 'bitfit-genre-xs-seed0')
+  _sweep('compare', tmp_path, *only)
+  table = _plot(tmp_path / 'demo_compare', *only)
   # x is what each method trains, read from the runs' parameters.json.
   trained = {m: json.loads((tmp_path / 'demo_compare' / f'{m}-genre-xs-seed0' /
                             'parameters.json').read_text())['trained'] for m in ('lora', 'bitfit')}
   assert all(f'{n:,}' in table or str(n) in table for n in trained.values()), table
   assert 'LoRA' in table and 'BitFit' in table
-  # The runs not selected have no parameters.json yet: listed as missing.
-  assert 'prompt-genre-xs-seed0: no run directory' in table
+  # The whole recipe: the runs not run are listed, and each seed's mean over
+  # the two tasks waits for the one not run.
+  whole = _tool('tools/plot.py', str(tmp_path / 'demo_compare'), check=False).stdout
+  assert 'prompt-genre-xs-seed0: no run directory' in whole
+  assert 'only 1 of 2 runs over task have results' in whole
 
 
 def test_ipt_recipe_in_its_three_stages(tmp_path):
@@ -87,6 +96,7 @@ def test_ipt_recipe_in_its_three_stages(tmp_path):
   assert (found / 'intrinsic_decoder.npz').exists() and (found / 'intrinsic_task22.npy').exists()
   ist = json.loads((sweep_dir / 'ist-genre-d5-seed0' / 'parameters.json').read_text())
   assert ist['trained'] == 5  # z alone; the decoder is a frozen part of the delta
-  table = _plot(sweep_dir)
+  table = _plot(sweep_dir, 'prompt-same_city-seed0', 'prompt-genre-seed0',
+                'ist-same_city-d5-seed0', 'ist-genre-d5-seed0')
   row = next(line for line in table.splitlines() if line.startswith('| 5 |'))
   assert row.count('(1)') == 2, table  # seen and unseen: % of their prompt-tuning runs

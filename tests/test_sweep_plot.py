@@ -357,6 +357,20 @@ def test_plot_per_task_tables_list_every_seed(tmp_path):
   assert "--per size: not one of the recipe's average_over labels ['task']" in bad.stderr
 
 
+def test_plot_only_some_runs_forms_groups_from_them_alone(tmp_path):
+  recipe_path = tmp_path / 'fig.toml'
+  recipe_path.write_text(PLOT_RECIPE)
+  sweep_dir = tmp_path / 'runs' / 'fig'
+  _write_runs(sweep_dir)
+  out = subprocess.run([sys.executable, str(REPO / 'tools' / 'plot.py'), str(sweep_dir),
+                        '--recipe', str(recipe_path), '--only', '*-t1-*'],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert '| a | 62.00 ± 2.00 (3) | 80.00 ± 0.00 (3) |' in out.stdout  # t1 alone
+  assert '| b | 50.00 ± 0.00 (3) | 40.00 (1) |' in out.stdout
+  assert 't2' not in out.stdout  # neither averaged in nor listed as missing
+
+
 def test_metric_selection():
   results = {'score': 61.0, 'metrics': {'cb': {'accuracy': 70.0, 'f1': 50.0},
                                          'rte': {'accuracy': 80.0}}}

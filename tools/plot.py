@@ -4,6 +4,7 @@ r"""Draws a sweep's figure and its table: mean +- std over seeds of each (x, ser
     python tools/plot.py runs/prompt_init --recipe configs/paper/prompt_init.toml --output fig.png
     python tools/plot.py runs/demo_scale --per task     # also a table per task, every seed
     python tools/plot.py runs/demo_compare --x size     # a recipe's runs against another label
+    python tools/plot.py runs/demo_scale --only '*-seed0'   # a part of a study, alone
 
 Reads <sweep dir>/manifest.json (written by tools/sweep.py; `--recipe` instead
 takes the runs and the plotting spec from the recipe, the run directories
@@ -30,6 +31,7 @@ so `x = "trained_parameters"` draws a metric against what each method trains.
 """
 import argparse
 import dataclasses
+import fnmatch
 import glob
 import json
 import math
@@ -441,6 +443,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--x', metavar='LABEL',
                       help="tabulate and draw against LABEL instead of the recipe's x "
                            '(e.g. size, where the recipe plots trained_parameters)')
+  parser.add_argument('--only', action='append', default=[], metavar='GLOB',
+                      help='only the runs whose names match (as tools/sweep.py --only): a part '
+                           'of a study, its groups formed from those runs alone')
   parser.add_argument('--per', metavar='LABEL',
                       help='also a table for each value of LABEL (an average_over label, '
                            'e.g. task), with every seed\'s value')
@@ -456,7 +461,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr)
       return 2
     spec = {**spec, 'x': args.x, 'x_scale': 'category', 'x_ticks': None, 'reported': None}
-  results = collect({n: r for n, r in runs.items() if r.get('plot', True)}, spec['metric'])
+  runs = {n: r for n, r in runs.items() if r.get('plot', True) and
+          (not args.only or any(fnmatch.fnmatchcase(n, g) for g in args.only))}
+  results = collect(runs, spec['metric'])
   if spec.get('relative_to'):
     results = relative(results, spec['relative_to'])
   table = aggregate(results, spec)
