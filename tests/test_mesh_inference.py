@@ -9,23 +9,15 @@ half of the backbone).
 Each output is computed independently; none is a stored expectation.
 """
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import virtual_hosts
+
 TESTS = pathlib.Path(__file__).resolve().parent
-REPO = TESTS.parent
 FILE = 'fixture_sentiment-validation-{}.jsonl'
-
-
-def _env(devices):
-  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(TESTS),
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
 @pytest.fixture(scope='module')
@@ -35,28 +27,14 @@ def root(tmp_path_factory):
   linked into the first's)."""
   root, two = tmp_path_factory.mktemp('mesh_infer'), tmp_path_factory.mktemp('two_hosts')
   script = str(TESTS / 'mesh_infer_runs.py')
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = virtual_hosts.free_port()
   # One after the other: two processes joined by gloo crawl when they share
   # the cores with a third compiling.
-  # Output to files: a full pipe would stall a process the other one waits for.
   runs = [[[script, str(root)]], [[script, str(two), str(i), str(port)] for i in range(2)]]
   for number, (group, devices) in enumerate(zip(runs, (8, 4))):
-    logs = [two / f'log_{number}_{i}' for i in range(len(group))]
-    procs = []
-    for args, log in zip(group, logs):
-      with open(log, 'w') as f:
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=_env(devices),
-                                      stdout=f, stderr=subprocess.STDOUT))
-    try:
-      for p in procs:
-        p.wait(timeout=1800)
-    finally:
-      for p in procs:
-        p.kill()
-    for p, log in zip(procs, logs):
-      assert p.returncode == 0, log.read_text()[-3000:]
+    virtual_hosts.run_together([(args, devices) for args in group],
+                               [two / f'log_{number}_{i}' for i in range(len(group))],
+                               timeout=1800)
   (root / 'two_hosts').symlink_to(two / 'two_hosts')
   return root
 

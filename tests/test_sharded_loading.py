@@ -10,9 +10,6 @@ bytes from disk than a whole load (tensorstore's own counter).
 """
 import json
 import pathlib
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -22,22 +19,10 @@ from prompt_tuning.model import load_pretrained, shard_reads
 from prompt_tuning.model.checkpoints import fingerprint
 from prompt_tuning.model.finite import NonFiniteError
 from prompt_tuning.model.param_shapes import CheckpointError, flatten_tree
+import virtual_hosts
 
 TESTS = pathlib.Path(__file__).resolve().parent
-REPO = TESTS.parent
 FORMATS = ('t5x', 'hf', 'hf_bf16', 't5x_orbax', 'ours')
-
-
-def _env(devices):
-  import os  # pylint: disable=g-import-not-at-top
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              JAX_PLATFORMS='cpu', PYTHONPATH=str(TESTS))
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
@@ -45,25 +30,12 @@ def runs(shared_data, tmp_path_factory):
   """(one 8-device process's report, [report of process 0, of process 1])."""
   root = tmp_path_factory.mktemp('sharded_load')
   script = str(TESTS / 'sharded_load_runs.py')
-  port = _free_port()
+  port = virtual_hosts.free_port()
   commands = [([str(root / 'one.json')], 8)] + [
       ([str(root / f'p{i}.json'), str(i), str(port)], 4) for i in range(2)]
-  procs, logs = [], []
-  # Output to files: a full pipe would stall a process the other one waits for.
-  for number, (args, devices) in enumerate(commands):
-    logs.append(root / f'log_{number}')
-    with open(logs[-1], 'w') as f:
-      procs.append(subprocess.Popen([sys.executable, script, str(shared_data), str(root), *args],
-                                    cwd=REPO, env=_env(devices), stdout=f,
-                                    stderr=subprocess.STDOUT))
-  try:
-    for p in procs:
-      p.wait(timeout=600)
-  finally:
-    for p in procs:
-      p.kill()
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log.read_text()[-4000:]
+  virtual_hosts.run_together(
+      [([script, str(shared_data), str(root), *args], devices) for args, devices in commands],
+      [root / f'log_{number}' for number in range(len(commands))], timeout=600)
   read = lambda name: json.loads((root / name).read_text())
   return read('one.json'), [read('p0.json'), read('p1.json')]
 
