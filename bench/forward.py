@@ -24,16 +24,42 @@ from common import best_time, device_description, matmul_peak_flops  # pylint: d
 from prompt_tuning.model import SIZES, T5Config, Transformer, compute_weighted_cross_entropy
 
 
+def matmul_flops(config: T5Config, batch: int, inputs: int, targets: int) -> tuple:
+  """(weight, score) matmul FLOPs of one forward pass (2 per multiply-add).
+
+  Weight matmuls multiply activations by a kernel (projections, MLP, logits;
+  the decoder's cross-attention keys and values project all `inputs`
+  encoder positions); score matmuls are attention's QK^T and weights x V.
+  """
+  d, ff, kv = config.emb_dim, config.mlp_dim, config.num_heads * config.head_dim
+  projection = 2 * d * kv
+  mlp = 2 * (len(config.mlp_activations) + 1) * d * ff
+  encoder_weight = config.num_encoder_layers * inputs * (4 * projection + mlp)
+  encoder_score = config.num_encoder_layers * inputs * 4 * inputs * kv
+  decoder_weight = (config.num_decoder_layers * (targets * (6 * projection + mlp) +
+                                                 inputs * 2 * projection) +
+                    targets * 2 * d * config.vocab_size)
+  decoder_score = config.num_decoder_layers * targets * 4 * (targets + inputs) * kv
+  return batch * (encoder_weight + decoder_weight), batch * (encoder_score + decoder_score)
+
+
 def model_flops(config: T5Config, batch: int, inputs: int, targets: int) -> float:
   """Matmul FLOPs of one forward pass (2 per multiply-add), from the shapes."""
-  d, ff, kv = config.emb_dim, config.mlp_dim, config.num_heads * config.head_dim
-  gates = len(config.mlp_activations)
-  mlp = 2 * (gates + 1) * d * ff
-  encoder = config.num_encoder_layers * (2 * 4 * d * kv + mlp + 4 * inputs * kv)
-  decoder = config.num_decoder_layers * (2 * 8 * d * kv + mlp + 4 * targets * kv +
-                                         4 * inputs * kv)
-  logits = 2 * d * config.vocab_size
-  return batch * (inputs * encoder + targets * (decoder + logits))
+  return sum(matmul_flops(config, batch, inputs, targets))
+
+
+def train_flops(config: T5Config, batch: int, inputs: int, targets: int,
+                weight_gradients: bool) -> float:
+  """Matmul FLOPs of forward + backward.
+
+  The activation gradients repeat each weight matmul once and each score
+  matmul twice (the gradients of both its operands are activations); with
+  `weight_gradients` (model tuning) each weight matmul runs once more. A
+  frozen backbone under a prompt still needs every activation gradient,
+  down to the input embeddings.
+  """
+  weight, score = matmul_flops(config, batch, inputs, targets)
+  return weight * (3 if weight_gradients else 2) + score * 3
 
 
 def main() -> None:
