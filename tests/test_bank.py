@@ -54,6 +54,34 @@ def test_mixed_task_batch_equals_each_task_alone(served):
     np.testing.assert_array_equal(decoded[row], alone[0])
 
 
+@pytest.mark.parametrize('rows_per_pass', [1, 3, 4, None])
+def test_run_selected_in_chunks_equals_each_task_alone(served, rows_per_pass):
+  # 3 rows per pass over 4 rows pads the second pass with a copy of row 0.
+  model, variables, enc, bank = served
+  index = jnp.asarray([1, 2, 0, 1])
+  targets = jnp.asarray(np.random.RandomState(1).randint(2, CONFIG.vocab_size, (4, 5)))
+  scores = jax.jit(lambda v, i, x, y: bank_lib.run_selected(
+      lambda v, x, y: predict.score(model, v, x, y), v, bank, i, x, y,
+      rows_per_pass=rows_per_pass))(variables, index, enc, targets)
+  decoded = bank_lib.run_selected(lambda v, x: predict.decode(model, v, x, 5), variables,
+                                  bank, index, enc, rows_per_pass=rows_per_pass)
+  assert scores.shape == (4,) and decoded.shape[0] == 4
+  for row, task in enumerate(index.tolist()):
+    alone = _serve(variables, bank_lib.member(bank, task))
+    np.testing.assert_allclose(
+        scores[row], predict.score(model, alone, enc[row:row + 1], targets[row:row + 1])[0],
+        rtol=1e-5)
+    np.testing.assert_array_equal(decoded[row], predict.decode(model, alone,
+                                                               enc[row:row + 1], 5)[0])
+
+
+def test_run_selected_refuses_a_non_positive_chunk(served):
+  model, variables, enc, bank = served
+  with pytest.raises(ValueError, match='rows_per_pass must be a positive'):
+    bank_lib.run_selected(lambda v, x: predict.decode(model, v, x, 5), variables, bank,
+                          jnp.zeros(4, jnp.int32), enc, rows_per_pass=-2)
+
+
 def test_majority_vote_hand_worked():
   votes = bank_lib.majority_vote(['a', 'b', 'a',   # clear majority
                                      'x', 'y', 'z',   # three-way tie: prompt 0's

@@ -234,6 +234,13 @@ def test_infer_scores_are_minus_the_teacher_forced_loss(run_dir, base, tmp_path)
   np.testing.assert_allclose([r['score'] for r in both],
                              [(a['score'] + b['score']) / 2 for a, b in zip(records, other)],
                              rtol=1e-5)
+  # The same ensemble served 5 rows at a time inside each pass (32 rows per
+  # batch of 16 x 2 members: passes of 5, the last one padded).
+  gin.clear_config()
+  chunked = _infer_scores(tmp_path / 'chunked', ROWS_PER_PASS=5, PROMPT_FILES=[
+      str(run_dir / 'checkpoint_10'), str(run_dir / 'checkpoint_30')])
+  np.testing.assert_allclose([r['score'] for r in chunked], [r['score'] for r in both],
+                             rtol=1e-5)
 
 
 # -- bad input ------------------------------------------------------------------

@@ -105,21 +105,57 @@ def replicate_for_ensemble(encoder_input_tokens: Array, num_members: int
   return tokens, jnp.tile(jnp.arange(num_members), batch)
 
 
+def run_selected(fn: Callable[..., Any], variables: Variables, stacked: Variables, index: Array,
+                 tokens: Array, *per_example: Array, rows_per_pass: Optional[int] = None) -> Any:
+  """`fn(variables + stacked[index], tokens, *per_example)`: row i served by member index[i].
+
+  A mixed-task batch (`index` = each example's task) or an ensemble
+  (`replicate_for_ensemble`'s index). `rows_per_pass`: run the batch that
+  many rows at a time inside the one compiled call (`lax.map`), for a CPU,
+  whose caches hold only a few examples' activations: there T5.1.1 small
+  scores a batch of 32 at 1.6x the cost per example of batches of 4
+  (bench/serving.py), so a mixed batch served whole loses to one pass per
+  task. The rows are the same either way. None: the whole batch at once
+  (what an accelerator wants).
+  """
+  def run(index, tokens, *per_example):
+    return fn(paths.merge(variables, select(stacked, index)), tokens, *per_example)
+
+  batch = tokens.shape[0]
+  if not rows_per_pass or rows_per_pass >= batch:
+    return run(index, tokens, *per_example)
+  if rows_per_pass < 1:
+    raise ValueError(f'rows_per_pass must be a positive number of rows, not {rows_per_pass}.')
+  passes = -(-batch // rows_per_pass)
+  # Padded with copies of row 0 to whole passes; the copies' outputs are dropped.
+  padding = passes * rows_per_pass - batch
+
+  def split(x):
+    x = jnp.asarray(x)
+    x = jnp.concatenate([x, jnp.repeat(x[:1], padding, axis=0)]) if padding else x
+    return x.reshape((passes, rows_per_pass) + x.shape[1:])
+
+  out = jax.lax.map(lambda args: run(*args), tuple(split(x) for x in (index, tokens) + per_example))
+  return jax.tree_util.tree_map(lambda y: y.reshape((-1,) + y.shape[2:])[:batch], out)
+
+
 def run_ensemble(fn: Callable[..., Any], variables: Variables, stacked: Optional[Variables],
-                 tokens: Array, *per_example: Array) -> Any:
+                 tokens: Array, *per_example: Array, rows_per_pass: Optional[int] = None) -> Any:
   """`fn(variables, tokens, *per_example)` with every example once per bank member.
 
   `tokens` [b, L] are the model's input tokens (`contract`'s first feature).
   Rows of the result are [b * N, ...] (`replicate_for_ensemble`'s order);
   other per-example arrays (e.g. targets to score) are repeated to match.
   With `stacked` None this is `fn` on the inputs as they are.
+  `rows_per_pass`: as `run_selected`.
   """
   if stacked is None:
     return fn(variables, tokens, *per_example)
   copies = size(stacked)
   tokens, index = replicate_for_ensemble(tokens, copies)
-  variables = paths.merge(variables, select(stacked, index))
-  return fn(variables, tokens, *[jnp.repeat(x, copies, axis=0) for x in per_example])
+  return run_selected(fn, variables, stacked, index, tokens,
+                      *[jnp.repeat(x, copies, axis=0) for x in per_example],
+                      rows_per_pass=rows_per_pass)
 
 
 def repeat_examples(deltas: Sequence[Any], variables: Variables, times: int) -> Variables:

@@ -61,7 +61,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _make_run(mode: str, model: nn.Module, max_length: int,
-              decoding: predict.DecodingConfig) -> Callable:
+              decoding: predict.DecodingConfig, rows_per_pass: Optional[int] = None) -> Callable:
   """The jitted pass, `bank` None or a stacked bank of N (an ensemble: rows [b * N]).
 
   predict: (variables, bank, rng, *predict_features) -> tokens [b(*N), max_length];
@@ -71,19 +71,19 @@ def _make_run(mode: str, model: nn.Module, max_length: int,
   if mode == 'predict':
     def run(variables, bank, rng, *features):
       fn = lambda v, *x: predict.decode(model, v, x, max_length, decoding, rng)
-      return bank_lib.run_ensemble(fn, variables, bank, *features)
+      return bank_lib.run_ensemble(fn, variables, bank, *features, rows_per_pass=rows_per_pass)
   else:
     def run(variables, bank, *features):
       fn = lambda v, *x: predict.score(model, v, *x)
-      return bank_lib.run_ensemble(fn, variables, bank, *features)
+      return bank_lib.run_ensemble(fn, variables, bank, *features, rows_per_pass=rows_per_pass)
   return jax.jit(run)
 
 
 def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
              feature_lengths: Mapping[str, int], batch_size: int, split: str,
              decoding: predict.DecodingConfig, use_cached: bool, seed: int,
-             num_examples: Optional[int], refuse_truncation: bool = False
-             ) -> Iterator[Dict[str, Any]]:
+             num_examples: Optional[int], refuse_truncation: bool = False,
+             rows_per_pass: Optional[int] = None) -> Iterator[Dict[str, Any]]:
   """One task's output lines, in the dataset's order.
 
   Each line says whether the example was cut to TASK_FEATURE_LENGTHS
@@ -105,7 +105,7 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
   examples = dataset.as_numpy_iterator()
   inputs_vocab = task.output_features['inputs'].vocabulary
   targets_vocab = task.output_features['targets'].vocabulary
-  run = _make_run(mode, loaded.model, lengths['targets'], decoding)
+  run = _make_run(mode, loaded.model, lengths['targets'], decoding, rows_per_pass)
   bank = loaded.bank
   copies = 1 if bank is None else bank_lib.size(bank)
   base_rng = jax.random.PRNGKey(seed)
@@ -194,6 +194,7 @@ def infer(*, mode: str = 'predict',
           num_examples: Optional[int] = None,
           merge_deltas: bool = False,
           refuse_truncation: bool = False,
+          rows_per_pass: Optional[int] = None,
           partitioner: Optional[Any] = None) -> Dict[str, str]:
   """Predicts or scores `split` of every task of the mixture; returns {task: jsonl path}.
 
@@ -211,6 +212,9 @@ def infer(*, mode: str = 'predict',
     merge_deltas: fold LoRA / IA3 deltas into the backbone first (no overhead).
     refuse_truncation: fail on an example longer than `task_feature_lengths`
       instead of cutting it (REFUSE_TRUNCATION).
+    rows_per_pass: an ensemble's rows (batch x members) run this many at a
+      time inside each compiled pass (`bank.run_selected`; about 4 suits a
+      CPU's caches). None: all at once.
     partitioner: the training mesh and rules (a `train.partitioning.Partitioner`,
       from gin): the backbone is read shard by shard onto it and every pass
       runs there, as in training. None: one device.
@@ -235,7 +239,7 @@ def infer(*, mode: str = 'predict',
       records = _records(task, mode, loaded, feature_lengths=task_feature_lengths,
                          batch_size=batch_size, split=split, decoding=decoding,
                          use_cached=use_cached, seed=seed, num_examples=num_examples,
-                         refuse_truncation=refuse_truncation)
+                         refuse_truncation=refuse_truncation, rows_per_pass=rows_per_pass)
       # Every host runs the same batches (the model is replicated); one writes.
       if jax.process_index() == 0:
         logging.info('Wrote %d lines to %s', _write_jsonl(path, records), path)
