@@ -24,7 +24,7 @@ EXPECTED = {
     'mlp': ('MlpBlock', '__call__'),
     'dense': ('Dense', '__call__'),
     'relative_position_bias': ('RelativePositionBiases', '__call__'),
-    'decoder_input': ('DecoderOnlyLM', 'embed_decoder_inputs'),
+    'decoder_input': ('DecoderOnlyBackbone', 'embed_decoder_inputs'),
     'decoder_only_layer': ('DecoderOnlyLayer', '__call__'),
 }
 
@@ -39,7 +39,7 @@ def test_the_site_list_is_the_documented_one():
                                            layers.MultiHeadDotProductAttention,
                                            layers.MlpBlock, layers.Dense,
                                            layers.RelativePositionBiases,
-                                           decoder_only.DecoderOnlyLM,
+                                           decoder_only.DecoderOnlyBackbone,
                                            decoder_only.DecoderOnlyLayer)}
   for site in sites.SITES:
     assert callable(getattr(classes[site.owner], site.method, None)), site

@@ -7,7 +7,7 @@ need from a backbone, once per architecture (as T5X's `BaseModel` subclasses).
     scores = arch.score(model, variables, *[batch[k] for k in arch.score_features])
     step, cache, start = arch.prefill(model, variables, *predict_arrays, max_decode_length=T)
 
-| | EncoderDecoder (`t5.Transformer`) | DecoderOnly (`decoder_only.DecoderOnlyLM`) |
+| | EncoderDecoder (`t5.Transformer`) | DecoderOnly (`decoder_only.DecoderOnlyLM`, `gpt2.GPT2LM`) |
 |---|---|---|
 | features | `EncDecFeatureConverter` | `DecoderFeatureConverter` (inputs + targets: prefix LM features) |
 | predict_features | encoder_input_tokens [b, L] | decoder_input_tokens, decoder_causal_attention [b, L + T] |
@@ -19,6 +19,11 @@ Decoding starts from `start` [b] (enc-dec: id 0; decoder-only: each
 example's last input token, whose output is the first target, as T5X) and
 each step feeds one token: `step(tokens [n, 1], cache) -> (logits [n, V], cache)`.
 Predictions are the T target positions only.
+
+`build(config)` picks the backbone from the config's type: `T5Config` ->
+`Transformer`, `DecoderOnlyConfig` -> `DecoderOnlyLM`, `GPT2Config` ->
+`GPT2LM`; both decoder-only backbones are `DecoderOnlyBackbone`s, which is
+what `DecoderOnly` relies on.
 """
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
@@ -31,7 +36,8 @@ import numpy as np
 import seqio
 
 from prompt_tuning.model.config import DecoderOnlyConfig
-from prompt_tuning.model.decoder_only import DecoderOnlyLM
+from prompt_tuning.model.decoder_only import DecoderOnlyBackbone, DecoderOnlyLM
+from prompt_tuning.model.gpt2 import GPT2Config, GPT2LM
 from prompt_tuning.model.losses import sequence_scores
 from prompt_tuning.model.t5 import Transformer
 
@@ -152,7 +158,7 @@ def _inputs_part(decoder_input_tokens: Array, causal_attention: Array) -> Tuple[
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnly:
-  """The decoder-only LM (`DecoderOnlyLM`): T5X's `DecoderOnlyModel`.
+  """A decoder-only backbone (`DecoderOnlyLM`, `GPT2LM`): T5X's `DecoderOnlyModel`.
 
   Examples with inputs and targets are one sequence [BOS, inputs, targets]
   whose loss covers the targets only (seqio's `decoder_loss_weights`).
@@ -254,7 +260,7 @@ class DecoderOnly:
     frozen = {k: v for k, v in variables.items() if k != 'cache'}
     valid = decoder_causal_attention > 0
     extra = jax.eval_shape(lambda: model.apply(
-        frozen, inputs, valid, method=DecoderOnlyLM.embed_decoder_inputs_attached))[0].shape[1]
+        frozen, inputs, valid, method=DecoderOnlyBackbone.embed_decoder_inputs_attached))[0].shape[1]
     extra -= inputs.shape[1]
     cache_length = inputs.shape[1] + extra + room
     cache = _empty_cache(model, jnp.ones((inputs.shape[0], cache_length), jnp.int32), None,
@@ -275,25 +281,28 @@ DECODER_ONLY = DecoderOnly()
 
 
 def of(model: nn.Module):
-  """The architecture of `model` (a `Transformer` or a `DecoderOnlyLM`)."""
-  if isinstance(model, DecoderOnlyLM):
+  """The architecture of `model` (a `Transformer`, a `DecoderOnlyLM` or a `GPT2LM`)."""
+  if isinstance(model, DecoderOnlyBackbone):
     return DECODER_ONLY
   if isinstance(model, Transformer):
     return ENCODER_DECODER
-  raise TypeError(f'{type(model).__name__} is neither a Transformer nor a DecoderOnlyLM: '
-                  'the model contract (prompt_tuning/model/contract.py) knows those two.')
+  raise TypeError(f'{type(model).__name__} is neither a Transformer nor a decoder-only backbone '
+                  '(DecoderOnlyLM, GPT2LM): the model contract (prompt_tuning/model/contract.py) '
+                  'knows those.')
 
 
 def build(config: Any, deltas: Sequence[Any] = ()) -> nn.Module:
   """The backbone `config` describes, with `deltas` attached."""
+  if isinstance(config, GPT2Config):
+    return GPT2LM(config, deltas=tuple(deltas))
   if isinstance(config, DecoderOnlyConfig):
     return DecoderOnlyLM(config, deltas=tuple(deltas))
   return Transformer(config, deltas=tuple(deltas))
 
 
 def for_config(config: Any):
-  """The architecture a model config builds (`DecoderOnlyConfig` or `T5Config`)."""
-  return DECODER_ONLY if isinstance(config, DecoderOnlyConfig) else ENCODER_DECODER
+  """The architecture a model config builds (`DecoderOnlyConfig`, `GPT2Config` or `T5Config`)."""
+  return DECODER_ONLY if isinstance(config, (DecoderOnlyConfig, GPT2Config)) else ENCODER_DECODER
 
 
 __all__ = ['DECODER_ONLY', 'DecoderOnly', 'ENCODER_DECODER', 'EncoderDecoder', 'build',

@@ -138,7 +138,31 @@ def _lengthen(x: Optional[Array], extra: int) -> Optional[Array]:
   return jnp.concatenate([jnp.repeat(x[:, :1], extra + 1, axis=1), x[:, 1:]], axis=1)
 
 
-class DecoderOnlyLM(nn.Module):
+class DecoderOnlyBackbone(nn.Module):
+  """What every decoder-only backbone shares for the model contract (`contract.DecoderOnly`).
+
+  Subclasses (`DecoderOnlyLM`, `gpt2.GPT2LM`) have a `token_embedder`
+  (`layers.Embed`) and `deltas`, and take `__call__(decoder_input_tokens,
+  decoder_target_tokens, decoder_segment_ids, decoder_positions,
+  decoder_causal_attention, *, enable_dropout, decode, prefill,
+  max_decode_length)` as `DecoderOnlyLM` documents it. The `decoder_input`
+  site is this class's method, so one site serves every such backbone.
+  """
+
+  # -- the site: what goes in front of the decoder's input -----------------------
+  def embed_decoder_inputs(self, decoder_input_tokens: Array, valid: Array
+                           ) -> Tuple[Array, Array]:
+    """tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l'])."""
+    return self.token_embedder(decoder_input_tokens), valid
+
+  def embed_decoder_inputs_attached(self, decoder_input_tokens: Array, valid: Array
+                                    ) -> Tuple[Array, Array]:
+    """`embed_decoder_inputs` with the deltas attached: how long their input is."""
+    with sites.attach(self.deltas):
+      return self.embed_decoder_inputs(decoder_input_tokens, valid)
+
+
+class DecoderOnlyLM(DecoderOnlyBackbone):
   """The decoder-only LM: T5X's `DecoderWrapper` tree, deltas at the sites.
 
   Attributes:
@@ -158,18 +182,6 @@ class DecoderOnlyLM(nn.Module):
   def token_embedder(self) -> layers.Embed:
     """The shared table, where input deltas (prompts) read the vocabulary."""
     return self.decoder.token_embedder
-
-  # -- the site: what goes in front of the decoder's input -----------------------
-  def embed_decoder_inputs(self, decoder_input_tokens: Array, valid: Array
-                           ) -> Tuple[Array, Array]:
-    """tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l'])."""
-    return self.token_embedder(decoder_input_tokens), valid
-
-  def embed_decoder_inputs_attached(self, decoder_input_tokens: Array, valid: Array
-                                    ) -> Tuple[Array, Array]:
-    """`embed_decoder_inputs` with the deltas attached: how long their input is."""
-    with sites.attach(self.deltas):
-      return self.embed_decoder_inputs(decoder_input_tokens, valid)
 
   def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Optional[Array],
                decoder_segment_ids: Optional[Array] = None,
@@ -208,4 +220,4 @@ class DecoderOnlyLM(nn.Module):
       return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
-__all__ = ['Decoder', 'DecoderOnlyLM', 'DecoderOnlyLayer', 'decoder_mask']
+__all__ = ['Decoder', 'DecoderOnlyBackbone', 'DecoderOnlyLM', 'DecoderOnlyLayer', 'decoder_mask']

@@ -3,23 +3,38 @@
     model = GPT2LM(config)
     logits = model.apply({'params': params}, tokens, mask)
 
-tokens [batch, length] int, mask [batch, length] bool (False at padding;
-None: no padding). GPT-2 has no padding id (id 0 is '!'), so padding is only
-ever known from `mask`. Logits are float32 [batch, length, vocab], the input
-and output embeddings are one table.
+tokens [batch, length] int; the second argument marks the real positions:
+a bool mask [batch, length] (False at padding), or, as the decoder-only
+contract passes it, seqio's `decoder_target_tokens` [batch, length], whose
+trailing zeros are the padding (None: no padding). GPT-2 has no padding id
+(id 0 is '!'), so a 0 before the last non-zero target is a real token here,
+where `DecoderOnlyLM` (T5X's) would mask it. Logits are float32
+[batch, length, vocab], the input and output embeddings are one table.
 
-Positions: the sequence the layers see is numbered 0..l-1 as given, with no
-knowledge of prompts. Position embeddings are added after `embed_inputs`,
-the method where prompts will be prepended, so a prompt of p vectors takes
-positions 0..p-1 and the text p..p+l-1 (as PEFT does on Hugging Face GPT-2).
+GPT2LM is a `decoder_only.DecoderOnlyBackbone`, so `model.contract`'s
+`DecoderOnly` drives it as it drives `DecoderOnlyLM`: the same features
+(seqio's `DecoderFeatureConverter`), prefill and one-token cached decoding
+(`decode=True`). It is causal throughout: `decoder_causal_attention` (the
+prefix LM) is accepted and ignored, as GPT-2 was trained without it.
 
-Sites (`sites.py`) this model calls, because its modules are subclasses of
-the T5 ones with the same contracts: `attention` and `attention_scores`
-(`Attention`), `mlp` (`Mlp`), `dense` (`DenseWithBias`, every projection).
-Paths follow T5X's decoder: 'decoder/layers_0/self_attention/query', so the
-LoRA and IA3 target patterns match. Not yet sites: `embed_inputs` (the T5
-`encoder_input` site is owned by `Transformer` and derives the mask from
-token id 0) and `Block` (no T5 layer site has its signature).
+Positions: learned absolute ones, added after `embed_decoder_inputs` (the
+`decoder_input` site, where prompts join), so a prompt of p vectors placed
+first takes positions 0..p-1 and the text p..p+l-1 (as PEFT does on
+Hugging Face GPT-2); placed after the first token (`combine.after_first_token`)
+it takes 1..p. The model drops the outputs of the p inserted positions, as
+`DecoderOnlyLM` does. In cached decoding each example's next position is the
+'cache'/`position/cache_index` [b] the prefill sets (as it sets every layer's
+`cache_index`), so examples of different lengths continue at their own
+positions. More than `n_positions` positions is an error naming the prompt's
+and the input's share.
+
+Sites (`sites.py`): `decoder_input` (`DecoderOnlyBackbone`), and, because
+the modules are subclasses of the T5 ones with the same contracts,
+`attention` and `attention_scores` (`Attention`), `mlp` (`Mlp`), `dense`
+(`DenseWithBias`, every projection). Paths follow T5X's decoder:
+'decoder/layers_0/self_attention/query', so the LoRA, IA3 and prefix target
+patterns match. Not a site: `Block` (T5X's `decoder_only_layer` site is
+`DecoderOnlyLayer`'s; no delta needs GPT-2's).
 """
 import dataclasses
 import functools
@@ -32,6 +47,7 @@ import numpy as np
 
 from prompt_tuning.model import layers
 from prompt_tuning.model import sites
+from prompt_tuning.model.decoder_only import DecoderOnlyBackbone, decoder_mask
 
 Array = jax.Array
 ACTIVATION_AXES = ('batch', 'length', 'embed')
@@ -96,6 +112,19 @@ class GPT2Config:
   def activation_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
 
+  # The T5 names that width- and stack-reading code (deltas' setup) uses.
+  @property
+  def emb_dim(self) -> int:
+    return self.n_embd
+
+  @property
+  def num_decoder_layers(self) -> int:
+    return self.n_layer
+
+  @property
+  def num_encoder_layers(self) -> int:
+    return 0
+
   def replace(self, **changes) -> 'GPT2Config':
     return dataclasses.replace(self, **changes)
 
@@ -140,8 +169,14 @@ class Attention(layers.MultiHeadDotProductAttention):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array], *,
-               enable_dropout: bool = False) -> Array:
-    """Attends [b, q, d] to [b, k, d] with additive bias [b|1, h|1, q, k] -> [b, q, d]."""
+               enable_dropout: bool = False, decode: bool = False,
+               prefill: bool = False) -> Array:
+    """Attends [b, q, d] to [b, k, d] with additive bias [b|1, h|1, q, k] -> [b, q, d].
+
+    `decode`: q is 1 and the keys and values join the cache (the base class's
+    `_update_cache`, which masks what is not yet written); `prefill`: also
+    writes the k keys and values to cache positions 0..k-1.
+    """
     joined = self.num_heads * self.head_dim
     project = functools.partial(DenseWithBias, joined, ('embed', 'joined_kv'), self.dtype,
                                 self.kernel_init)
@@ -153,6 +188,10 @@ class Attention(layers.MultiHeadDotProductAttention):
                          for x in (query, key, value))
     if self.scale_logits:
       query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
+    if decode:
+      key, value, bias = self._update_cache(key, value, bias)
+    elif prefill:
+      self._prefill_cache(key, value)
     out = self.attend(query, key, value, bias, enable_dropout)
     out = out.reshape(out.shape[:2] + (joined,))
     return DenseWithBias(inputs_q.shape[-1], ('joined_kv', 'embed'), self.dtype,
@@ -198,15 +237,17 @@ class Block(nn.Module):
   config: GPT2Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, enable_dropout: bool = False) -> Array:
-    """[b, l, d] with bias [b|1, 1, l, l] -> [b, l, d]."""
+  def __call__(self, x: Array, bias: Optional[Array], enable_dropout: bool = False,
+               decode: bool = False, prefill: bool = False) -> Array:
+    """[b, l, d] with bias [b|1, 1, l, l] (None in cached decoding) -> [b, l, d]."""
     cfg, dtype = self.config, self.config.activation_dtype
     dropout = nn.Dropout(cfg.resid_pdrop)
     y = _layer_norm(cfg, 'pre_self_attention_layer_norm')(x)
     y = Attention(cfg.n_head, cfg.head_dim, cfg.attn_pdrop, dtype,
                   scale_logits=cfg.scale_attn_weights, kernel_init=_init(cfg),
                   out_init=_init(cfg, residual=True), name='self_attention')(
-                      y, y, bias, enable_dropout=enable_dropout)
+                      y, y, bias, enable_dropout=enable_dropout, decode=decode,
+                      prefill=prefill)
     x = x + dropout(y, deterministic=not enable_dropout)
     y = _layer_norm(cfg, 'pre_mlp_layer_norm')(x)
     y = Mlp(cfg.mlp_dim, (cfg.activation_function,), 0.0, dtype, kernel_init=_init(cfg),
@@ -216,24 +257,55 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Embedded inputs [b, l, d] and mask [b, l] -> final-normed hidden states [b, l, d]."""
+  """Embedded inputs [b, l, d] (positions added) -> final-normed hidden states [b, l, d]."""
   config: GPT2Config
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, enable_dropout: bool = False) -> Array:
+  def __call__(self, x: Array, bias: Optional[Array], enable_dropout: bool = False,
+               decode: bool = False, prefill: bool = False) -> Array:
+    """bias [b|1, 1, l, l]: additive mask (None in cached decoding: the cache masks)."""
     cfg = self.config
-    # Causal, and padding hidden both as keys and as queries (as the T5 decoder).
-    visible = (layers.make_attention_mask(mask, mask) &
-               layers.make_causal_mask(x.shape[1]))
-    bias = layers.mask_to_bias(visible, cfg.activation_dtype)
     x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=not enable_dropout)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
     for i in range(cfg.n_layer):
-      x = Block(cfg, name=f'layers_{i}')(x, bias, enable_dropout)
+      x = Block(cfg, name=f'layers_{i}')(x, bias, enable_dropout, decode, prefill)
     return _layer_norm(cfg, 'decoder_norm')(x)
 
 
-class GPT2LM(nn.Module):
+class DecodePosition(nn.Module):
+  """The absolute position of the token cached decoding feeds next.
+
+  'cache'/cache_index: a scalar from 0, or [b] after a prefill (which sets
+  every `cache_index` of the cache to each example's next position).
+  """
+
+  @nn.compact
+  def __call__(self) -> Optional[Array]:
+    """The position ([b] or scalar) of this call's token, then advances; None when creating."""
+    created = self.has_variable('cache', 'cache_index')
+    index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    if not created:  # the call that creates the cache sees the whole length
+      return None
+    position = index.value
+    index.value = position + 1
+    return position
+
+
+def _valid(target_tokens: Optional[Array], shape: Tuple[int, int]) -> Array:
+  """[b, l] True at real positions: a bool mask as given, else up to the last non-zero id.
+
+  seqio pads with 0, which in GPT-2's vocabulary is '!': only trailing zeros
+  can be padding (unpacked and packed rows are padded at the end).
+  """
+  if target_tokens is None:
+    return jnp.ones(shape, bool)
+  if target_tokens.dtype == jnp.bool_:
+    return target_tokens
+  nonzero = (target_tokens > 0)[:, ::-1]
+  return (jnp.cumsum(nonzero, axis=1) > 0)[:, ::-1]
+
+
+class GPT2LM(DecoderOnlyBackbone):
   """GPT-2 with tied input/output embeddings.
 
   Attributes:
@@ -253,28 +325,89 @@ class GPT2LM(nn.Module):
     # layers.Embed names them), which only decides how it is sharded.
     self.position_embedder = layers.Embed(cfg.n_positions, cfg.n_embd, dtype, _init(cfg))
     self.decoder = Decoder(cfg)
+    self.position = DecodePosition()
     for delta in self.deltas:
       delta.setup(self)
 
-  def embed_inputs(self, tokens: Array, mask: Array) -> Tuple[Array, Array]:
-    """tokens [b, l], mask [b, l] -> (token embeddings [b, l', d], mask [b, l']).
+  def _check_length(self, length: int, extra: int) -> None:
+    """ValueError unless `extra` (a delta's) + `length` input positions fit the table."""
+    limit = self.config.n_positions
+    if length + extra <= limit:
+      return
+    if extra:
+      raise ValueError(f'A prompt of {extra} positions + inputs of {length} = '
+                       f'{length + extra} positions, more than n_positions {limit} of this '
+                       f'GPT-2: shorten TASK_FEATURE_LENGTHS (inputs + targets) to at most '
+                       f'{limit - extra} or the prompt.')
+    raise ValueError(f'A sequence of {length} positions is longer than n_positions {limit} '
+                     f'of this GPT-2: shorten TASK_FEATURE_LENGTHS (inputs + targets) to at '
+                     f'most {limit}.')
 
-    Where a prompt will be prepended: positions are added after this.
+  def embed_decoder_inputs_attached(self, decoder_input_tokens: Array, valid: Array
+                                    ) -> Tuple[Array, Array]:
+    """As the base class's, and the result must fit `n_positions` (the prefill asks first)."""
+    x, valid = super().embed_decoder_inputs_attached(decoder_input_tokens, valid)
+    self._check_length(decoder_input_tokens.shape[1], x.shape[1] - decoder_input_tokens.shape[1])
+    return x, valid
+
+  def _logits(self, y: Array) -> Array:
+    logits = self.token_embedder.attend(y).astype(jnp.float32)
+    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+  def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
+               decoder_segment_ids: Optional[Array] = None,
+               decoder_positions: Optional[Array] = None,
+               decoder_causal_attention: Optional[Array] = None, *,
+               enable_dropout: bool = False, decode: bool = False, prefill: bool = False,
+               max_decode_length: Optional[int] = None) -> Array:
+    """Logits [b, l, vocab] (float32) for tokens [b, l]; the signature is `DecoderOnlyLM`'s.
+
+    Args:
+      decoder_input_tokens: [b, l] ids (in cached decoding [b, 1]).
+      decoder_target_tokens: [b, l]: real positions (see the module docstring).
+      decoder_segment_ids: [b, l] packed examples, kept apart by the mask.
+      decoder_positions: [b, l] each token's position (packed rows restart at
+        0 per example); None: 0..l'-1 over the (prompted) sequence.
+      decoder_causal_attention: ignored: GPT-2 is fully causal.
+      enable_dropout: training.
+      decode: one token per call against the cache ('cache' mutable).
+      prefill: teacher forcing that also writes the cache (`contract.DecoderOnly`).
+      max_decode_length: the cache's length (read from the input when it is created).
     """
-    return self.token_embedder(tokens), mask
-
-  def __call__(self, tokens: Array, mask: Optional[Array] = None,
-               enable_dropout: bool = False) -> Array:
-    """tokens [b, l] (+ mask [b, l], True at real tokens) -> logits [b, l, vocab] float32."""
+    del decoder_causal_attention, max_decode_length  # causal; the cache knows its length
     with sites.attach(self.deltas):
-      if mask is None:
-        mask = jnp.ones(tokens.shape, bool)
-      x, mask = self.embed_inputs(tokens, mask.astype(bool))
-      length = x.shape[1]
-      if length > self.config.n_positions:
-        raise ValueError(f'A sequence of {length} positions is longer than n_positions '
-                         f'{self.config.n_positions}; truncate the inputs.')
-      x = x + self.position_embedder(jnp.arange(length)[None, :])
-      y = self.decoder(x, mask, enable_dropout)
-      logits = self.token_embedder.attend(y).astype(jnp.float32)
-      return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+      if decode:
+        return self._decode_step(decoder_input_tokens, enable_dropout)
+      length = decoder_input_tokens.shape[1]
+      x, valid = self.embed_decoder_inputs(
+          decoder_input_tokens, _valid(decoder_target_tokens, decoder_input_tokens.shape))
+      extra = x.shape[1] - length
+      self._check_length(length, extra)
+      if extra and (decoder_segment_ids is not None or decoder_positions is not None):
+        raise ValueError('Packed rows cannot take input positions from a delta (a prompt): '
+                         'they would join only the first example of a row; do not pack.')
+      positions = (jnp.arange(x.shape[1])[None, :] if decoder_positions is None
+                   else decoder_positions)
+      x = x + self.position_embedder(positions)
+      bias = layers.mask_to_bias(decoder_mask(valid, None, decoder_segment_ids),
+                                 self.config.activation_dtype)
+      y = self.decoder(x, bias, enable_dropout, prefill=prefill)
+      return self._logits(y[:, extra:])  # the inserted positions' outputs are not read
+
+  def _decode_step(self, tokens: Array, enable_dropout: bool) -> Array:
+    """tokens [b, 1] at each example's cached position -> logits [b, 1, vocab]."""
+    position = self.position()
+    if position is None:  # creating the cache: tokens [b, cache length]
+      if tokens.shape[1] > self.config.n_positions:
+        raise ValueError(f'Cached decoding over {tokens.shape[1]} positions (prompt + inputs '
+                         f'+ decoded tokens) is longer than n_positions '
+                         f'{self.config.n_positions} of this GPT-2: shorten '
+                         'TASK_FEATURE_LENGTHS or the prompt.')
+      positions = jnp.arange(tokens.shape[1])[None, :]
+    else:
+      positions = jnp.reshape(position, (-1, 1))  # [b|1, 1]
+    x = self.token_embedder(tokens) + self.position_embedder(positions)
+    return self._logits(self.decoder(x, None, enable_dropout, decode=True))
+
+
+__all__ = ['ACTIVATIONS', 'GPT2Config', 'GPT2LM']

@@ -21,7 +21,7 @@ hd, MLP width m.
 | mlp                    | MlpBlock.__call__                        | x [b, l, d], enable_dropout -> [b, l, d] |
 | dense                  | Dense.__call__                           | x [..., in] -> [..., out] (every projection) |
 | relative_position_bias | RelativePositionBiases.__call__          | q_length, k_length, bidirectional -> [1, h, q, k] (a stack's relative-position bias) |
-| decoder_input          | DecoderOnlyLM.embed_decoder_inputs       | tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l']) (decoder-only) |
+| decoder_input          | DecoderOnlyBackbone.embed_decoder_inputs | tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l']) (decoder-only: DecoderOnlyLM, GPT2LM) |
 | decoder_only_layer     | DecoderOnlyLayer.__call__                | x [b, l, d], bias [b|1, h, l, l], enable_dropout, decode, prefill -> [b, l, d] |
 
 `attention_scores` runs after keys and values are formed, and in cached
@@ -81,7 +81,7 @@ SITES: Tuple[Site, ...] = (
     Site('dense', 'Dense', '__call__', 'x [..., in] -> [..., out]'),
     Site('relative_position_bias', 'RelativePositionBiases', '__call__',
          'q_length, k_length, bidirectional -> [1, h, q, k]'),
-    Site('decoder_input', 'DecoderOnlyLM', 'embed_decoder_inputs',
+    Site('decoder_input', 'DecoderOnlyBackbone', 'embed_decoder_inputs',
          'tokens [b, l], valid [b, l] -> (embedded [b, l\', d], valid [b, l\'])'),
     Site('decoder_only_layer', 'DecoderOnlyLayer', '__call__',
          'x [b, l, d], bias [b|1, h, l, l], enable_dropout, decode, prefill -> [b, l, d]'),
