@@ -87,8 +87,10 @@ def main() -> None:
   forward = jax.jit(loss_fn)
   forward_backward = jax.jit(jax.value_and_grad(loss_fn))
 
-  peak = matmul_peak_flops()
-  flops = model_flops(config, args.batch, args.inputs, args.targets)
+  peak = matmul_peak_flops(dtype=jnp.dtype(args.dtype))
+  flops = {'forward': model_flops(config, args.batch, args.inputs, args.targets),
+           'forward_backward': train_flops(config, args.batch, args.inputs, args.targets,
+                                           weight_gradients=True)}
   tokens = args.batch * (args.inputs + args.targets)
   result = {
       'benchmark': 'forward',
@@ -96,12 +98,13 @@ def main() -> None:
       'size': args.size, 'dtype': args.dtype, 'batch': args.batch,
       'input_length': args.inputs, 'target_length': args.targets,
       'matmul_peak_gflops': round(peak / 1e9, 2),
+      'matmul_peak_note': f'one 2048x2048 {args.dtype} matmul, best of 5',
   }
-  for name, fn, multiple in (('forward', forward, 1), ('forward_backward', forward_backward, 3)):
+  for name, fn in (('forward', forward), ('forward_backward', forward_backward)):
     xla_flops = fn.lower(params).compile().cost_analysis()
     xla_flops = xla_flops[0] if isinstance(xla_flops, list) else xla_flops
     seconds = best_time(lambda: fn(params), args.repeats)
-    step_flops = multiple * flops  # backward costs two forwards
+    step_flops = flops[name]
     result[name] = {
         'step_seconds': round(seconds, 4),
         'tokens_per_second': round(tokens / seconds, 1),

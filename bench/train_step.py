@@ -204,7 +204,7 @@ def build_ours(kind: str, args) -> dict:
   from prompt_tuning.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train.trainer import initialize_variables  # pylint: disable=g-import-not-at-top
 
-  config = SIZES[args.size].replace(dropout_rate=args.dropout, dtype='float32')
+  config = SIZES[args.size].replace(dropout_rate=args.dropout, dtype=args.dtype)
   enc, dec, tgt = make_data(args.batch, args.inputs, args.targets)
   batch = {'encoder_input_tokens': jnp.asarray(enc), 'decoder_input_tokens': jnp.asarray(dec),
            'decoder_target_tokens': jnp.asarray(tgt)}
@@ -424,7 +424,7 @@ def _child(system: str, args) -> dict:
          '--size', args.size, '--batch', str(args.batch), '--inputs', str(args.inputs),
          '--targets', str(args.targets), '--repeats', str(args.repeats),
          '--warmup', str(args.warmup), '--torch-threads', str(args.torch_threads),
-         '--dropout', str(args.dropout)]
+         '--dropout', str(args.dropout), '--dtype', args.dtype]
   start = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True)
   wall = time.perf_counter() - start
@@ -446,6 +446,9 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--rounds', type=int, default=1,
                       help='run the systems this many times, interleaved; keep each one\'s best')
   parser.add_argument('--torch-threads', type=int, default=2)
+  parser.add_argument('--dtype', default='float32',
+                      help="our systems' activation dtype (bfloat16 on accelerators); PEFT "
+                           'stays float32')
   parser.add_argument('--dropout', type=float, default=0.1,
                       help='dropout rate of every system (0.1 as in training)')
 
@@ -479,8 +482,9 @@ def main() -> None:
     if args.rounds > 1:
       results[s]['step_seconds_per_round'] = [r.get('step_seconds') for r in rounds[s]]
 
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from common import device_description, matmul_peak_flops  # pylint: disable=g-import-not-at-top
-  peak = matmul_peak_flops(repeats=10)
+  peak = matmul_peak_flops(dtype=jnp.dtype(args.dtype), repeats=10)
 
   tokens = args.batch * (args.inputs + args.targets)
   tokens_prompt = args.batch * (args.inputs + PROMPT_LENGTH + args.targets)
@@ -511,7 +515,7 @@ def main() -> None:
       'cpu_cores_visible': cpus,
       'platform': platform.platform(),
       'python': platform.python_version(),
-      'size': args.size, 'dtype': 'float32', 'dropout_rate': args.dropout,
+      'size': args.size, 'dtype': args.dtype, 'dropout_rate': args.dropout,
       'batch': args.batch, 'input_length': args.inputs, 'prompt_length': PROMPT_LENGTH,
       'target_length': args.targets, 'repeats': args.repeats, 'warmup_steps': args.warmup,
       'rounds': args.rounds,
@@ -528,7 +532,8 @@ def main() -> None:
       'threads': (f'JAX/XLA CPU uses its own thread pool over all {cpus} visible cores; '
                   f'PyTorch torch.set_num_threads({args.torch_threads})'),
       'matmul_peak_gflops': round(peak / 1e9, 2),
-      'matmul_peak_note': 'one 2048x2048 float32 jnp.matmul, best of 10, measured in the parent after the systems',
+      'matmul_peak_note': (f'one 2048x2048 {args.dtype} jnp.matmul, best of 10, measured in '
+                           'the parent after the systems'),
       'peft_available': peft_ok,
       **({} if peft_ok else {'peft_import_error': peft_error}),
       'systems': results,
