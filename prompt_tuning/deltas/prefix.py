@@ -168,6 +168,11 @@ class PrefixTuning(base.Delta):
             'attention of this model')
 
   def setup(self, root: nn.Module) -> None:
+    if self.position_bias == 'past' and not hasattr(root.config,
+                                                     'relative_attention_num_buckets'):
+      raise ValueError(f"position_bias='past' shifts relative position biases, which "
+                       f'{type(root).__name__} does not have; use '
+                       "position_bias='none'.")
     counts = {'encoder': root.config.num_encoder_layers,
               'decoder': root.config.num_decoder_layers}
     for placement in self.placements:

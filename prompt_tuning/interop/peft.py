@@ -320,7 +320,8 @@ def export_peft_adapter(checkpoint_dir: str, out_dir: str,
   variables = checkpoints.read_delta(directory)
   deltas = recorded_deltas(metadata, variables)
   fields = metadata.get('model_config')
-  if fields and 'num_layers' in fields:  # DecoderOnlyConfig's field: a decoder-only run
+  # DecoderOnlyConfig's `num_layers`, GPT2Config's `n_layer`: a decoder-only run.
+  if fields and ('num_layers' in fields or 'n_layer' in fields):
     raise ValueError(f'{directory} was trained on the decoder-only LM; PEFT adapter export '
                      'covers the T5 encoder-decoder only.')
   config = T5Config(**fields) if fields else None

@@ -259,8 +259,9 @@ class DecoderOnly:
     inputs, n = _inputs_part(decoder_input_tokens, decoder_causal_attention)
     frozen = {k: v for k, v in variables.items() if k != 'cache'}
     valid = decoder_causal_attention > 0
+    # The method by name: a backbone may extend it (GPT-2 checks its positions there).
     extra = jax.eval_shape(lambda: model.apply(
-        frozen, inputs, valid, method=DecoderOnlyBackbone.embed_decoder_inputs_attached))[0].shape[1]
+        frozen, inputs, valid, method='embed_decoder_inputs_attached'))[0].shape[1]
     extra -= inputs.shape[1]
     cache_length = inputs.shape[1] + extra + room
     cache = _empty_cache(model, jnp.ones((inputs.shape[0], cache_length), jnp.int32), None,

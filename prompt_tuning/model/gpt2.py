@@ -129,6 +129,30 @@ class GPT2Config:
     return dataclasses.replace(self, **changes)
 
 
+def parameter_shapes(config: GPT2Config) -> Dict[str, Any]:
+  """GPT2LM's parameter tree with shape tuples as leaves, written from the layout.
+
+  token_embedder/embedding [vocab, d], position_embedder/embedding
+  [n_positions, d], decoder/layers_i/{pre_self_attention_layer_norm,
+  pre_mlp_layer_norm}/{scale, bias} [d], self_attention/{query, key, value,
+  out}/{kernel [d, d], bias [d]}, mlp/wi {kernel [d, m], bias [m]}, mlp/wo
+  {kernel [m, d], bias [d]}, decoder/decoder_norm/{scale, bias} [d].
+  """
+  d, m = config.n_embd, config.mlp_dim
+  norm = {'scale': (d,), 'bias': (d,)}
+  dense = lambda n_in, n_out: {'kernel': (n_in, n_out), 'bias': (n_out,)}
+  decoder: Dict[str, Any] = {f'layers_{i}': {
+      'pre_self_attention_layer_norm': dict(norm),
+      'self_attention': {name: dense(d, d) for name in ('query', 'key', 'value', 'out')},
+      'pre_mlp_layer_norm': dict(norm),
+      'mlp': {'wi': dense(d, m), 'wo': dense(m, d)},
+  } for i in range(config.n_layer)}
+  decoder['decoder_norm'] = dict(norm)
+  return {'token_embedder': {'embedding': (config.vocab_size, d)},
+          'position_embedder': {'embedding': (config.n_positions, d)},
+          'decoder': decoder}
+
+
 def _init(config: GPT2Config, residual: bool = False) -> layers.Initializer:
   """GPT-2's normal(0.02); projections into the residual stream get 1/sqrt(2 n_layer) of it."""
   scale = 1 / np.sqrt(2 * config.n_layer) if residual else 1.0
@@ -410,4 +434,4 @@ class GPT2LM(DecoderOnlyBackbone):
     return self._logits(self.decoder(x, None, enable_dropout, decode=True))
 
 
-__all__ = ['ACTIVATIONS', 'GPT2Config', 'GPT2LM']
+__all__ = ['ACTIVATIONS', 'GPT2Config', 'GPT2LM', 'parameter_shapes']

@@ -10,6 +10,7 @@ Paths are '/'-joined, e.g. 'encoder/layers_0/attention/query/kernel'.
 """
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
+from prompt_tuning.model import gpt2
 from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 
 Shape = Tuple[int, ...]
@@ -68,24 +69,47 @@ def is_decoder_only_tree(params: Mapping[str, Any]) -> bool:
   return 'encoder' not in params and 'token_embedder' in params.get('decoder', {})
 
 
+# Each architecture: how an error names its checkpoints, and the model gins that fit them.
+_ARCHITECTURES = {
+    'encoder_decoder': ('an encoder-decoder checkpoint (T5)', 'encoder-decoder (T5Config)',
+                        'gin/models/t5_1_1/*.gin'),
+    'decoder_only': ("a decoder-only checkpoint (T5X's decoder-only LM)",
+                     'decoder-only (DecoderOnlyConfig)', 'gin/models/decoder_only/*.gin'),
+    'gpt2': ('a decoder-only checkpoint (GPT-2)', 'GPT-2 (GPT2Config)',
+             'gin/models/gpt2/*.gin'),
+}
+
+
+def _tree_architecture(params: Mapping[str, Any]) -> str:
+  """Which backbone a parameter tree is: GPT-2 alone has learned positions at the root."""
+  if 'position_embedder' in params:
+    return 'gpt2'
+  return 'decoder_only' if is_decoder_only_tree(params) else 'encoder_decoder'
+
+
+def _config_architecture(config) -> str:
+  if isinstance(config, gpt2.GPT2Config):
+    return 'gpt2'
+  return 'decoder_only' if isinstance(config, DecoderOnlyConfig) else 'encoder_decoder'
+
+
 def _architecture_error(config, params: Mapping[str, Any], source: str) -> Optional[str]:
-  """One line when `params` is the other architecture than `config`, else None."""
-  decoder_only = isinstance(config, DecoderOnlyConfig)
-  if decoder_only == is_decoder_only_tree(params) or not params:
+  """One line when `params` is another architecture than `config`, else None."""
+  have, want = _tree_architecture(params), _config_architecture(config)
+  if have == want or not params:
     return None
-  if decoder_only:
-    return (f'{source} is an encoder-decoder checkpoint, but the model configuration is '
-            'decoder-only (DecoderOnlyConfig): use an encoder-decoder model gin '
-            '(gin/models/t5_1_1/*.gin) or a decoder-only checkpoint.')
-  return (f'{source} is a decoder-only checkpoint, but the model configuration is '
-          'encoder-decoder (T5Config): use a decoder-only model gin '
-          '(gin/models/decoder_only/*.gin) or an encoder-decoder checkpoint.')
+  checkpoint, _, gin_files = _ARCHITECTURES[have]
+  _, configured, _ = _ARCHITECTURES[want]
+  return (f'{source} is {checkpoint}, but the model configuration is {configured}: use a '
+          f'model gin of its architecture ({gin_files}) or a checkpoint of the configured one.')
 
 
 def expected_shapes(config: Union[T5Config, DecoderOnlyConfig]) -> Dict[str, Any]:
   """Returns the T5X parameter tree of `config` with shape tuples as leaves."""
   if isinstance(config, DecoderOnlyConfig):
     return _decoder_only_shapes(config)
+  if isinstance(config, gpt2.GPT2Config):
+    return gpt2.parameter_shapes(config)
   d = config.emb_dim
   norm = {'scale': (d,)}
   relpos = {
@@ -185,7 +209,7 @@ def check_params(config: Union[T5Config, DecoderOnlyConfig], params: Mapping[str
           f'{path}: got {list(shape)}, expected {list(want[path])}')
   if not (missing or unexpected or mismatched):
     return
-  parts = [f'parameters from {source} do not fit the T5 layout of {config}']
+  parts = [f'parameters from {source} do not fit the parameter layout of {config}']
   if missing:
     parts.append(_listing('missing', missing))
   if unexpected:

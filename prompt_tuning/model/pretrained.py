@@ -1,4 +1,4 @@
-"""Loads a pretrained T5 from whatever format `INITIAL_CHECKPOINT_PATH` names.
+"""Loads a pretrained backbone from whatever format `INITIAL_CHECKPOINT_PATH` names.
 
 Accepted, detected from what is on disk:
 
@@ -12,28 +12,37 @@ Accepted, detected from what is on disk:
     highest step is loaded;
   * a Hugging Face T5 folder: config.json with model.safetensors (possibly
     sharded) or pytorch_model.bin;
+  * a Hugging Face GPT-2 folder: the same files, config.json's `model_type`
+    'gpt2' (`gpt2_checkpoint`; an unsupported GPT-2 option is a one-line
+    error naming it);
   * a checkpoint of this project's own runs that trained `params` (pretrain,
     LM adaptation, model tuning): `MODEL_DIR/checkpoint_<step>` with Orbax
     `state/` and `metadata/`, or its MODEL_DIR. A prompt-only (delta)
     checkpoint is refused with the name of its base model.
 
-The result is always (T5Config, params) with params the T5X tree of float32
-arrays, checked against the shapes the configuration implies: numpy, read
+The result is always (config, params): a T5Config (or DecoderOnlyConfig, or
+GPT2Config) and params the T5X-named tree of float32 arrays, checked against the shapes the configuration implies: numpy, read
 whole, or, given target shardings, global jax.Arrays that each process reads
 only its devices' regions of (`shard_reads`).
 """
+import json
 import os
 import posixpath
 import re
 from typing import Any, Dict, List, Tuple
 
+import jax
+import numpy as np
+
 from prompt_tuning.model import checkpoints
+from prompt_tuning.model import gpt2_checkpoint
 from prompt_tuning.model import hf_checkpoint
 from prompt_tuning.model import shard_reads
 from prompt_tuning.model import t5x_checkpoint
 from prompt_tuning.model import t5x_orbax
 from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 from prompt_tuning.model.finite import check_finite
+from prompt_tuning.model.gpt2 import GPT2Config
 from prompt_tuning.model.param_shapes import CheckpointError
 from prompt_tuning.model.param_shapes import check_params
 
@@ -44,8 +53,8 @@ _ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', 'manifest.ocdbt',
 ACCEPTED = (
     'a T5X checkpoint_<step> directory, Orbax (state/_METADATA) or legacy '
     '(msgpack `checkpoint` file + zarr arrays), or the legacy `checkpoint` '
-    'file; a directory of checkpoint_<step> subdirectories (the latest is used); a Hugging Face T5 folder '
-    '(config.json + model.safetensors[.index.json] or pytorch_model.bin); '
+    'file; a directory of checkpoint_<step> subdirectories (the latest is used); a Hugging Face T5 '
+    'or GPT-2 folder (config.json + model.safetensors[.index.json] or pytorch_model.bin); '
     'a checkpoint_<step> of this project\'s pretrain/lm_adapt/model_tune runs')
 
 
@@ -133,8 +142,8 @@ def _detect(path: str, model_dir_ok: bool) -> Tuple[str, str]:
       f'expected {ACCEPTED}')
 
 
-def load_pretrained(path: str, shardings: Any = None) -> Tuple[T5Config, Dict[str, Any]]:
-  """Loads a pretrained T5 from a legacy T5X checkpoint or an HF folder.
+def load_pretrained(path: str, shardings: Any = None) -> Tuple[Any, Dict[str, Any]]:
+  """Loads a pretrained backbone (T5, decoder-only, GPT-2) from any accepted format.
 
   Args:
     path: see the module docstring for what is accepted.
@@ -161,6 +170,10 @@ def load_pretrained(path: str, shardings: Any = None) -> Tuple[T5Config, Dict[st
     config = t5x_checkpoint.config_from_t5x_params(params, source=resolved)
   elif kind == 'ours':
     config, params = _load_own_checkpoint(resolved, shardings)
+  elif hf_model_type(resolved) == 'gpt2':
+    config, params = gpt2_checkpoint.read_hf_gpt2(resolved)
+    if shardings is not None:  # read whole (GPT-2 sizes fit a host), then placed
+      params = _place_whole(params, shardings)
   elif shardings is None:
     config, params = hf_checkpoint.read_hf_t5(resolved)
   else:
@@ -172,6 +185,23 @@ def load_pretrained(path: str, shardings: Any = None) -> Tuple[T5Config, Dict[st
   elif kind in ('t5x_orbax', 'ours'):  # the region readers check as they read
     shard_reads.check_finite_placed(params, resolved)
   return config, params
+
+
+def hf_model_type(folder: str) -> str:
+  """config.json's `model_type` in a Hugging Face folder ('t5' when absent, as T5's)."""
+  path = os.path.join(folder, hf_checkpoint.CONFIG_NAME)
+  try:
+    with open(path) as f:
+      return json.load(f).get('model_type', 't5')
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'cannot read Hugging Face config {path}: {e}') from e
+
+
+def _place_whole(params: Dict[str, Any], shardings: Any) -> Dict[str, Any]:
+  """numpy arrays -> global jax.Arrays; each process places only its devices' regions."""
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: np.asarray(x[index])),
+      params, shardings)
 
 
 def read_t5x_target(kind: str, path: str, shardings: Any = None
@@ -210,10 +240,11 @@ def _load_own_checkpoint(path: str, shardings: Any = None) -> Tuple[T5Config, Di
         f'backbone. Its base model is {metadata.get("base_checkpoint")}; give '
         'that as the pretrained model and this checkpoint as the delta.')
   fields = metadata['model_config']
-  # A decoder-only record has T5X's decoder-only `num_layers`.
-  config_class = DecoderOnlyConfig if 'num_layers' in fields else T5Config
+  # A decoder-only record has T5X's decoder-only `num_layers`, a GPT-2 one HF's `n_layer`.
+  config_class = (GPT2Config if 'n_layer' in fields else
+                  DecoderOnlyConfig if 'num_layers' in fields else T5Config)
   return config_class(**fields), params
 
 
-__all__ = ['ACCEPTED', 'CheckpointError', 'detect_format',
+__all__ = ['ACCEPTED', 'CheckpointError', 'detect_format', 'hf_model_type',
            'latest_t5x_checkpoint', 'load_pretrained', 'read_t5x_target']
