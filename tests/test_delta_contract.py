@@ -14,6 +14,10 @@ per-example leaves (norm tuning) must refuse to bank instead.
 DECODER_ONLY_CASES run the same checks on the decoder-only LM
 (model/decoder_only.py), through the model contract (model/contract.py):
 its feature converter's batch keys, its loss inputs, its base checkpoint.
+GPT2_CASES run them on GPT-2 (model/gpt2.py), whose base is a Hugging Face
+GPT-2 folder written by transformers and read by `load_pretrained`; every
+case of CASES is either one of them or in GPT2_REFUSED with the reason and
+the error that says so (`test_deltas_gpt2_refuses_say_why`).
 """
 import dataclasses
 import json
@@ -35,6 +39,8 @@ from prompt_tuning.infer.loading import VariableLoader
 from prompt_tuning.deltas import combine
 from prompt_tuning.model import T5Config, Transformer, contract, hf_checkpoint
 from prompt_tuning.model.config import DecoderOnlyConfig
+from prompt_tuning.model.gpt2 import GPT2Config
+from prompt_tuning.model.pretrained import load_pretrained
 from prompt_tuning.model.checkpoints import DeltaCheckpointer, fingerprint
 from prompt_tuning.train import partitioning
 from prompt_tuning.train.method import Method
@@ -118,12 +124,42 @@ DECODER_ONLY_CASES = {
     'norm': CASES['norm'],
 }
 
+# GPT-2: prompts at the start (PEFT's placement) and after the first token, and
+# every other method whose sites GPT-2 has.
+GPT2_CASES = {
+    'prompt': CASES['prompt'],
+    'prompt_after_bos': DECODER_ONLY_CASES['prompt_after_bos'],
+    'lora': CASES['lora'],
+    'prefix': DECODER_ONLY_CASES['prefix'],
+    'prefix_reparam': CASES['prefix_reparam'],
+    'p_tuning_mlp': CASES['p_tuning_mlp'],
+    'ia3': CASES['ia3'],
+    'adapters': CASES['adapters'],
+    'bitfit': CASES['bitfit'],
+    'norm': CASES['norm'],
+    'intrinsic_prompt': CASES['intrinsic_prompt'],
+    'prompt+lora': CASES['prompt+lora'],
+}
+# Cases that cannot apply to GPT-2: (why, the error that refuses them).
+GPT2_REFUSED = {
+    'multitask_prompt': ('reads each example\'s task from a marker token at encoder_input, a '
+                         'T5-only site (decoder-only inputs start with the BOS)',
+                         'MultiTaskPrompt created no variables'),
+    'intrinsic_msf': ('reads task markers at encoder_input as the multi-task prompt does',
+                      'IntrinsicSubspaceFinding created no variables'),
+    'p_tuning_lstm': ('its template puts prompt tokens after {inputs}, which a causal '
+                      'decoder-only model cannot place (the outputs there are read)',
+                      'must put every prompt and anchor before {inputs}'),
+}
+
 # Widths the 'model' axis of a 2x4 mesh divides; dropout on, as in training.
 CONFIG = T5Config(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                   num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
 DECODER_ONLY_CONFIG = DecoderOnlyConfig(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8,
                                         mlp_dim=64, num_layers=2, dropout_rate=0.1,
                                         inputs_bidirectional_attention=True)
+GPT2_CONFIG = GPT2Config(vocab_size=32128, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                         n_inner=64, embd_pdrop=0.1, attn_pdrop=0.1, resid_pdrop=0.1)
 LENGTHS = {'inputs': 16, 'targets': 4}
 STEPS = 3
 
@@ -132,6 +168,24 @@ def test_every_registered_delta_has_a_case():
   made = [case[0]() for case in CASES.values()]
   covered = {d.kind for m in made for d in (m if isinstance(m, tuple) else (m,))}
   assert set(deltas.registered()) <= covered
+
+
+def test_every_case_runs_on_gpt2_or_is_refused_with_a_reason():
+  assert set(CASES) <= set(GPT2_CASES) | set(GPT2_REFUSED)
+  assert not set(GPT2_CASES) & set(GPT2_REFUSED)
+  assert all(reason and error for reason, error in GPT2_REFUSED.values())
+
+
+@pytest.mark.parametrize('name', sorted(GPT2_REFUSED))
+def test_deltas_gpt2_refuses_say_why(name, gpt2_base):
+  """A refused case fails on GPT-2 with its error, rather than training nothing."""
+  reason, error = GPT2_REFUSED[name]
+  made = CASES[name][0]()
+  method = Method(GPT2_CONFIG, deltas=made if isinstance(made, tuple) else (made,))
+  with pytest.raises(ValueError, match=error):
+    variables = initialize_variables(method.model, gpt2_base[0], jax.random.PRNGKey(1), LENGTHS)
+    method.split(variables)
+  assert reason
 
 
 def _batch(seed=0, batch=4):
@@ -196,28 +250,58 @@ def decoder_only_base(tmp_path_factory):
   return params, str(path / 'checkpoint_0')
 
 
+def _hf_gpt2(config, folder):
+  """A random GPT2LMHeadModel of `config`'s shape saved as a Hugging Face folder."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+      n_layer=config.n_layer, n_head=config.n_head, n_inner=config.n_inner,
+      # Not GPT-2's 0.02: a random model that flat barely notices a prompt, and
+      # 3 steps of prompt tuning drown in dropout's noise.
+      initializer_range=0.2))
+  hf.save_pretrained(str(folder), safe_serialization=True)
+
+
+@pytest.fixture(scope='module')
+def gpt2_base(tmp_path_factory):
+  """A random GPT-2 as a Hugging Face folder, and its params as load_pretrained reads them."""
+  path = tmp_path_factory.mktemp('gpt2_base') / 'hf'
+  _hf_gpt2(GPT2_CONFIG, path)
+  config, params = load_pretrained(str(path))
+  assert isinstance(config, GPT2Config)
+  return params, str(path)
+
+
 def _architecture(name):
-  """(case, config, batch maker) of a fixture parameter ('decoder_only/<case>' or a CASES key)."""
+  """(case, config, batch maker) of a fixture parameter ('<backbone>/<case>' or a CASES key)."""
   if name.startswith('decoder_only/'):
     return DECODER_ONLY_CASES[name.split('/', 1)[1]], DECODER_ONLY_CONFIG, _decoder_only_batch
+  if name.startswith('gpt2/'):
+    return GPT2_CASES[name.split('/', 1)[1]], GPT2_CONFIG, _decoder_only_batch
   return CASES[name], CONFIG, _batch
 
 
-# Compile time: prompt, LoRA and prefix on the decoder-only LM run by default.
+# Compile time: prompt, LoRA and prefix on the decoder-only backbones run by default.
 DECODER_ONLY_FAST = ('prompt_after_bos', 'lora', 'prefix')
+GPT2_FAST = ('prompt', 'lora', 'prefix')
 
 
 @pytest.fixture(scope='module', params=sorted(CASES) + [
     pytest.param(f'decoder_only/{name}',
                  marks=() if name in DECODER_ONLY_FAST else pytest.mark.slow)
-    for name in sorted(DECODER_ONLY_CASES)])
-def trained(request, base, decoder_only_base):
+    for name in sorted(DECODER_ONLY_CASES)] + [
+        pytest.param(f'gpt2/{name}', marks=() if name in GPT2_FAST else pytest.mark.slow)
+        for name in sorted(GPT2_CASES)])
+def trained(request, base, decoder_only_base, gpt2_base):
   """The method trained STEPS steps from its init: a dict of what the tests check."""
   case, config, make_batch = _architecture(request.param)
   made = case[0]()
   method = Method(config, deltas=made if isinstance(made, tuple) else (made,))
   model = method.model
-  params, base_path = decoder_only_base if config is DECODER_ONLY_CONFIG else base
+  params, base_path = {id(DECODER_ONLY_CONFIG): decoder_only_base,
+                       id(GPT2_CONFIG): gpt2_base}.get(id(config), base)
   variables = initialize_variables(model, params, jax.random.PRNGKey(1), LENGTHS)
   frozen, trainable = method.split(variables)
   initial = jax.tree_util.tree_map(np.array, variables)
@@ -355,9 +439,33 @@ def _run_args(root, kind, model_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize('kind', sorted(k for k, (_, files, _) in CASES.items() if files))
 def test_training_on_a_2x4_mesh_equals_one_device(kind, base, tmp_path):
-  root = tmp_path
-  hf_checkpoint.write_hf_t5(CONFIG, base[0], str(root / 'hf'))
-  (root / 'model.gin').write_text(model_gin(CONFIG))
+  hf_checkpoint.write_hf_t5(CONFIG, base[0], str(tmp_path / 'hf'))
+  (tmp_path / 'model.gin').write_text(model_gin(CONFIG))
+  _check_mesh_equals_one_device(kind, tmp_path)
+
+
+def _gpt2_model_gin(config):
+  """gin/models/gpt2/*.gin's shape for `config`, dropout through %DROPOUT_RATE."""
+  lines = ['from __gin__ import dynamic_registration', 'from prompt_tuning.model import gpt2',
+           f'DROPOUT_RATE = {config.embd_pdrop!r}', 'MODEL_CONFIG = @gpt2.GPT2Config()']
+  for field in dataclasses.fields(GPT2Config):
+    value = getattr(config, field.name)
+    value = '%DROPOUT_RATE' if field.name.endswith('_pdrop') else repr(value)
+    lines.append(f'gpt2.GPT2Config.{field.name} = {value}')
+  return '\n'.join(lines) + '\n'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['prompt', 'lora'])
+def test_gpt2_training_on_a_2x4_mesh_equals_one_device(kind, tmp_path):
+  """The same from a Hugging Face GPT-2 folder, through gin/models/gpt2's MODEL_CONFIG."""
+  _hf_gpt2(GPT2_CONFIG, tmp_path / 'hf')
+  (tmp_path / 'model.gin').write_text(_gpt2_model_gin(GPT2_CONFIG))
+  _check_mesh_equals_one_device(kind, tmp_path)
+
+
+def _check_mesh_equals_one_device(kind, root):
+  """Trains `kind` on one device and on a 2x4 mesh (tests/mesh_runs.py); equal results."""
   runs = [{'name': name, 'mesh': mesh, 'devices': mesh[0] * mesh[1],
            'args': [str(a) for a in _run_args(root, kind, root / name)]}
           for name, mesh in (('one', [1, 1]), ('mesh', [2, 4]))]
