@@ -382,9 +382,11 @@ def test_checkpoint_then_loader_gives_the_same_logits(trained, tmp_path):
   loaded = VariableLoader(contract.build(trained['config'])).checkpoint(str(tmp_path / 'run'))
   assert [d.to_config() for d in loaded.model.deltas] == [d.to_config() for d in method.deltas]
   assert loaded.step == STEPS
-  np.testing.assert_allclose(_logits(loaded.model, loaded.variables, batch),
-                             _logits(trained['model'], state.variables, batch),
-                             rtol=1e-6, atol=1e-6)
+  # Float32 rounding, scaled by the largest logit: a served (materialized) prefix
+  # MLP rounds differently from the trained one, 2e-6 on GPT-2's logits up to ~10.
+  want = np.asarray(_logits(trained['model'], state.variables, batch))
+  np.testing.assert_allclose(_logits(loaded.model, loaded.variables, batch), want,
+                             rtol=1e-6, atol=1e-6 * max(1.0, np.abs(want).max()))
   # Its exports are in the checkpoint (their names learnt from a scratch export).
   exported = method.export(jax.device_get({c: v for c, v in state.variables.items()
                                            if c != 'params'}), str(tmp_path))
