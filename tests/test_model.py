@@ -81,18 +81,6 @@ def test_rms_norm_hand_worked():
   np.testing.assert_allclose(y, [[3 / rms, 8 / rms]], rtol=1e-6)
 
 
-def test_attention_softmax_matches_a_hand_worked_row_and_its_gradient():
-  # Row [0, ln 3, -1e10 (masked)]: exp -> [1, 3, 0], so weights [1/4, 3/4, 0].
-  logits = jnp.array([[0.0, math.log(3.0), layers.MASK_BIAS]])
-  np.testing.assert_allclose(layers.softmax(logits), [[0.25, 0.75, 0.0]], rtol=1e-6)
-  # d/dx of sum(c * softmax(x)) = y * (c - c.y) with y = [1/4, 3/4, 0], c = [1, 2, 5]:
-  # c.y = 1.75, so [0.25 * -0.75, 0.75 * 0.25, 0] = [-0.1875, 0.1875, 0].
-  grad = jax.grad(lambda x: (layers.softmax(x) * jnp.array([1.0, 2.0, 5.0])).sum())(logits)
-  np.testing.assert_allclose(grad, [[-0.1875, 0.1875, 0.0]], atol=1e-7)
-  # A fully masked row is uniform, as jax.nn.softmax makes it.
-  np.testing.assert_allclose(layers.softmax(jnp.full((1, 4), layers.MASK_BIAS)), [[0.25] * 4])
-
-
 def test_relative_position_buckets_hand_worked():
   bucket = lambda rel, bidi: int(layers.relative_position_bucket(
       np.array([rel], np.int32), bidi, 32, 128)[0])
