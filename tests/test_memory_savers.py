@@ -219,3 +219,57 @@ def test_trainer_takes_num_microbatches_from_gin(tmp_path, shared_data, monkeypa
   gin.clear_config()
   with pytest.raises(ValueError, match='BATCH_SIZE 8 is not divisible by NUM_MICROBATCHES 3'):
     run('bad', 3)
+
+
+# -- a bfloat16 frozen backbone ------------------------------------------------------
+
+
+def test_a_bfloat16_frozen_backbone_trains_the_bitwise_same_prompt():
+  # Every layer casts its weights to the activation dtype first, so with
+  # bfloat16 activations a backbone stored in bfloat16 computes the same bits.
+  from prompt_tuning.train.trainer import cast_frozen  # pylint: disable=g-import-not-at-top
+  config = TINY.replace(dtype='bfloat16')
+  model = Transformer(config, deltas=(PromptTuning(length=5),))
+  batch = _batch()
+  variables = _init(model, batch)
+  frozen, trainable = paths.partition(variables, ('prompt/.*',))
+  stored = cast_frozen(frozen, 'bfloat16')
+  dtypes = lambda tree: {'/'.join(k): str(x.dtype) for k, x in flatten_dict(tree['params']).items()}
+  assert set(dtypes(frozen).values()) == {'float32'}
+  # All but the logits projection, which T5X computes in float32.
+  assert {k: v for k, v in dtypes(stored).items() if v != 'bfloat16'} == {
+      'decoder/logits_dense/kernel': 'float32'}
+
+  def three_steps(frozen):
+    tx = Adafactor().build(0)
+    own = jax.tree_util.tree_map(jnp.array, trainable)  # the step donates it
+    state = TrainState(step=jnp.asarray(0, jnp.int32), frozen=frozen, trainable=own,
+                       opt_state=tx.init(own))
+    step_fn = make_train_step(model, tx, seed=0)
+    for _ in range(3):
+      state, metrics = step_fn(state, batch)
+    return jax.device_get(state.trainable), jax.device_get(metrics)
+
+  (prompt, metrics), (prompt_bf16, metrics_bf16) = three_steps(frozen), three_steps(stored)
+  assert not np.array_equal(prompt['prompt']['prompt']['prompt'],
+                            trainable['prompt']['prompt']['prompt'])
+  np.testing.assert_array_equal(prompt_bf16['prompt']['prompt']['prompt'],
+                                prompt['prompt']['prompt']['prompt'])
+  assert metrics_bf16 == metrics
+
+
+def test_frozen_param_dtype_gin_switch_and_bad_value():
+  from prompt_tuning.train.trainer import cast_frozen  # pylint: disable=g-import-not-at-top
+  files = ['gin/models/t5_1_1/tiny.gin', 'gin/prompts/random_uniform.gin',
+           'gin/runs/prompt_tune.gin']
+  required = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'unused'",
+              "INITIAL_CHECKPOINT_PATH = '/tmp/unused'"]
+  gin_utils.parse_gin(files, required + ["FROZEN_PARAM_DTYPE = 'bfloat16'"])
+  assert gin_utils.macro('FROZEN_PARAM_DTYPE') == 'bfloat16'
+  assert gin.query_parameter('train.frozen_param_dtype').__repr__() == '%FROZEN_PARAM_DTYPE'
+  gin.clear_config()
+  gin_utils.parse_gin(files, required)
+  assert gin_utils.macro('FROZEN_PARAM_DTYPE') is None
+  gin.clear_config()
+  with pytest.raises(gin_utils.ConfigurationError, match="FROZEN_PARAM_DTYPE must be a floating"):
+    cast_frozen({'params': {'w': jnp.ones(2)}}, 'int8')

@@ -29,8 +29,8 @@ the real TPU compiler.
 Parameters are float32, as the trainer keeps them (T5X too); activations are
 `--dtype` (bfloat16 by default, as T5X runs on accelerators).
 `--param_dtype bfloat16` stores the *frozen* backbone of prompt tuning in
-bfloat16 instead, which our trainer does not do (a serving-style option);
-rows using it say so.
+bfloat16 instead, as the trainer's `FROZEN_PARAM_DTYPE = 'bfloat16'` does
+(bitwise the same step with bfloat16 activations); rows using it say so.
 
 Columns (bytes per device; from `compiled.memory_analysis()`):
   arguments   parameters, optimizer state, step and the batch shard
@@ -179,6 +179,7 @@ def report(size: str, mode: str, remat: str, args, devices) -> dict:
   from prompt_tuning.train import partitioning  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train.method import from_run_files  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.trainer import cast_frozen  # pylint: disable=g-import-not-at-top
 
   config = CONFIGS[size].replace(dtype=args.dtype, dropout_rate=0.1, remat_policy=remat)
   # The run files' own deltas, trained paths and optimizer.
@@ -199,9 +200,7 @@ def report(size: str, mode: str, remat: str, args, devices) -> dict:
       shardings)
   frozen, trainable = method.split(variables)
   if mode == 'prompt' and args.param_dtype != 'float32':
-    frozen = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(args.param_dtype),
-                                       sharding=x.sharding), frozen)
+    frozen = cast_frozen(frozen, args.param_dtype)  # as FROZEN_PARAM_DTYPE does
   tx = method.optimizer.build(0)
   abstract_opt = jax.eval_shape(tx.init, trainable)
   opt_shardings = partitioner.optimizer_shardings(

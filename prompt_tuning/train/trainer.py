@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 import flax.linen as nn
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -108,6 +109,38 @@ def _log_progress(step, start_step, train_steps, metrics, seconds, steps_done, t
       time.strftime('%H:%M:%S', time.gmtime(remaining)), extra=console.REPLACED_BY_BAR)
 
 
+# Weights a layer uses in float32 whatever the activation dtype (T5X's
+# logits projection): casting them would change the logits, so they stay.
+_USED_IN_FLOAT32 = ('logits_dense',)
+
+
+def cast_frozen(frozen: Dict[str, Any], dtype: str) -> Dict[str, Any]:
+  """`frozen` with the backbone's ('params') floating leaves in `dtype`, sharding kept.
+
+  Layers cast every weight to the activation dtype before using it, so with
+  activations in `dtype` nothing the step computes changes; only the stored
+  copy shrinks (half for bfloat16 against float32). The weights of layers
+  that compute in float32 (`_USED_IN_FLOAT32`) keep their dtype.
+  """
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise gin_utils.ConfigurationError(
+        f"FROZEN_PARAM_DTYPE must be a floating dtype such as 'bfloat16', not {dtype}.")
+  if 'params' not in frozen:
+    return frozen
+
+  def cast(path, x):
+    names = [getattr(key, 'key', str(key)) for key in path]
+    keep = any(name in _USED_IN_FLOAT32 for name in names)
+    if keep or not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract plan (tools/memory_report.py)
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+
+  return {**frozen, 'params': jax.tree_util.tree_map_with_path(cast, frozen['params'])}
+
+
 @gin.configurable
 def train(*,
           model_dir: str = gin.REQUIRED,
@@ -128,6 +161,7 @@ def train(*,
           label_smoothing: float = 0.0,
           loss_normalizing_factor: Optional[float] = None,
           num_microbatches: Optional[int] = None,
+          frozen_param_dtype: Optional[str] = None,
           eval_period: Optional[int] = None,
           eval_steps: int = 20,
           run_eval_before_training: bool = False,
@@ -155,6 +189,9 @@ def train(*,
   variables, optimizer state and batches on its ('data', 'model') mesh.
   `num_microbatches` (T5X's): accumulate each step's gradient over that many
   slices of the batch, one update per batch (less activation memory).
+  `frozen_param_dtype` (e.g. 'bfloat16'): the frozen backbone's floating
+  parameters are stored in that dtype (`cast_frozen`); the fingerprint is
+  taken before, from the checkpoint's values.
   `delta_init` (e.g. `deltas.assignment.RestoreDelta`, SPoT): replaces the
   deltas' initial values when the run starts fresh (not when it resumes).
   """
@@ -183,6 +220,9 @@ def train(*,
     if delta_init is not None and fresh:
       variables = delta_init(variables)
     frozen, trainable = method.split(variables)
+    if frozen_param_dtype:
+      frozen = cast_frozen(frozen, frozen_param_dtype)
+    del params, variables  # the float32 backbone is not kept beside its cast
 
     optimizer = method.optimizer
     built = {}
