@@ -130,12 +130,19 @@ def _resolve_spec(ckpt_dir: str, spec: Mapping[str, Any]) -> Dict[str, Any]:
   return spec
 
 
+# Bytes of decoded chunks a load keeps for reuse (`_open_arrays`).
+CHUNK_CACHE_BYTES = 64 << 20
+
+
 def _open_arrays(ckpt_dir: str, specs: Dict[str, Dict[str, Any]],
                  source: str) -> Dict[str, shard_reads.LazyArray]:
   """Opens {name: spec} concurrently (metadata only); returns {name: LazyArray}."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
 
-  context = ts.Context()
+  # A small chunk cache: neighbouring devices' regions often share a chunk,
+  # and reads issued together for the same chunk then fetch it once
+  # (without it, each region read its own copy of the chunk).
+  context = ts.Context({'cache_pool': {'total_bytes_limit': CHUNK_CACHE_BYTES}})
   resolved = {name: _resolve_spec(ckpt_dir, s) for name, s in specs.items()}
   # Issue every open before waiting on any: an XXL checkpoint has hundreds
   # of arrays and tensorstore overlaps their I/O.
