@@ -15,6 +15,17 @@ SentencePiece vocabulary into anchor tokens. The original P-tuning template
 `Template.canonical` is the id form: it rebuilds the template without the
 vocabulary file (what a checkpoint records).
 
+Written into the text instead (`as_text`, for `p_tuning.PTuningInText`):
+pseudo-prompt position k becomes the T5 sentinel '<extra_id_k>', which the
+delta's embedding replaces by prompt row k, as the original P-tuning code
+puts a pseudo token into the query and swaps its embedding:
+
+    as_text('[P:2] {inputs} [P:1] lives in', 'Anna')
+        -> '<extra_id_0> <extra_id_1> Anna <extra_id_2> lives in'
+
+(spaces between sentinels: seqio's T5 vocabulary only finds a sentinel at
+the start of the text or after a space).
+
 Placement (`place`): per example, with T template positions (P pseudo + A
 anchor tokens) and inputs [b, L], the output [b, L + T] is the template
 positions before `{inputs}`, the example's real tokens, the template
@@ -181,6 +192,44 @@ def parse(spec: str, vocabulary: Optional[str] = None) -> Template:
   return Template(tuple(blocks))
 
 
+def marker(row: int) -> str:
+  """The text of pseudo-prompt position `row` in `as_text`: a T5 sentinel."""
+  return f'<extra_id_{row}>'
+
+
+def as_text(spec: str, inputs: str) -> str:
+  """The template `spec` written out around `inputs`, pseudo positions as sentinels.
+
+  Anchor words stay words (the task's vocabulary tokenizes them with the
+  rest); anchors given as ids ([T:...]) have no text and are refused.
+  """
+  pieces, row, slots, position = [], 0, 0, 0
+  for match in list(_MARKER.finditer(spec)) + [None]:
+    text = spec[position:match.start() if match else len(spec)].strip()
+    if text:
+      if re.search(r'[\[\]{}]', text):
+        raise ValueError(f'Unknown or unbalanced marker in {text!r} of the P-tuning '
+                         f'template {spec!r}: {_SYNTAX}.')
+      pieces.append(text)
+    if match is None:
+      break
+    block = _marker(match[0], spec)
+    if block.kind == 'tokens':
+      raise ValueError(f'The template {spec!r} gives anchors as ids ({match[0]}); written '
+                       'into the text they need to be words, e.g. "[P:3] {inputs} lives in".')
+    if block.kind == 'inputs':
+      pieces.append(inputs)
+      slots += 1
+    else:
+      pieces += [marker(k) for k in range(row, row + block.count)]
+      row += block.count
+    position = match.end()
+  if slots != 1 or not row:
+    raise ValueError(f'The P-tuning template {spec!r} needs exactly one {INPUTS} and at '
+                     f'least one pseudo-prompt block, e.g. "[P:3] {INPUTS} [P:3]".')
+  return ' '.join(pieces)
+
+
 def place(template: Template, template_embedded: Array, embedded: Array, mask: Array,
           tokens: Array, eos_id: Optional[int] = EOS_ID) -> Tuple[Array, Array]:
   """The template around each example's tokens (see the module docstring).
@@ -236,4 +285,5 @@ def check_anchor_ids(template: Template, vocab_size: int) -> None:
                      f'{max(ids)}, but the vocabulary has {vocab_size} ids: wrong vocabulary?')
 
 
-__all__ = ['Block', 'EOS_ID', 'Template', 'check_anchor_ids', 'parse', 'place', 'placed_mask']
+__all__ = ['Block', 'EOS_ID', 'Template', 'as_text', 'check_anchor_ids', 'marker', 'parse', 'place',
+           'placed_mask']
