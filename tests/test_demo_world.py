@@ -186,3 +186,21 @@ def test_prefix_lm_of_a_demo_document_splits_it_without_loss():
   assert inputs and targets
   # inputs + targets is the document's first 63 tokens, cut in two.
   assert inputs + targets == v.encode(doc)[:demo_tasks.LM_LENGTHS['inputs'] - 1]
+
+
+def test_lm_task_is_each_whole_document_with_eos_and_no_inputs():
+  docs = demo_world.corpus(WORLD, 'validation', 3)
+  v = vocab.get_vocabulary()
+  ds = seqio.get_mixture_or_task(demo_tasks.LM).get_dataset(
+      demo_tasks.LM_FEATURE_LENGTHS, split='validation', shuffle=False, seed=0)
+  examples = list(ds.take(3).as_numpy_iterator())
+  for doc, ex in zip(docs, examples):
+    assert 'inputs' not in ex  # a causal LM: the converter makes [BOS, targets]
+    assert ex['targets'].tolist() == v.encode(doc) + [1]  # EOS is id 1
+
+
+def test_lm_length_keeps_every_corpus_document_whole():
+  v = vocab.get_vocabulary()
+  for split, size in demo_tasks.CORPUS_SIZES.items():
+    lengths = [len(ids) + 1 for ids in v.tokenizer.encode(demo_world.corpus(WORLD, split, size))]
+    assert max(lengths) <= demo_tasks.LM_TARGETS_LENGTH, split
