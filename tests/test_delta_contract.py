@@ -84,6 +84,11 @@ CASES = {
                      ['gin/methods/p_tuning.gin'],
                      ["--gin.P_TUNING_TEMPLATE='[P:4] {inputs}'", "--gin.P_TUNING_ENCODER='mlp'",
                       '--gin.P_TUNING_HIDDEN=16']),
+    # Pseudo tokens in the text: the batches carry <extra_id_0..2> in their inputs.
+    'p_tuning_in_text': (lambda: deltas.PTuningInText(template='[P:2] {inputs} [P:1] lives in'),
+                         ['gin/methods/p_tuning_in_text.gin'],
+                         ["--gin.P_TUNING_TEMPLATE='[P:2] {inputs} [P:1] lives in'",
+                          "--gin.MIXTURE_OR_TASK_NAME='fixture_sentiment_marked'"]),
     'prefix': (lambda: deltas.PrefixTuning(length=3, position_bias='past'),
                ['gin/methods/prefix.gin'],
                ['--gin.PREFIX_LENGTH=3', "--gin.PREFIX_POSITION_BIAS='past'"]),
@@ -118,6 +123,7 @@ DECODER_ONLY_CASES = {
     'lora': CASES['lora'],
     'prefix': (lambda: deltas.PrefixTuning(length=3),),
     'p_tuning_mlp': CASES['p_tuning_mlp'],
+    'p_tuning_in_text': CASES['p_tuning_in_text'],
     'ia3': CASES['ia3'],
     'adapters': CASES['adapters'],
     'bitfit': CASES['bitfit'],
@@ -133,6 +139,7 @@ GPT2_CASES = {
     'prefix': DECODER_ONLY_CASES['prefix'],
     'prefix_reparam': CASES['prefix_reparam'],
     'p_tuning_mlp': CASES['p_tuning_mlp'],
+    'p_tuning_in_text': CASES['p_tuning_in_text'],
     'ia3': CASES['ia3'],
     'adapters': CASES['adapters'],
     'bitfit': CASES['bitfit'],
@@ -208,6 +215,8 @@ def _decoder_only_batch(seed=0, batch=4):
   tgt = rng.randint(2, 1000, (batch, length))
   inputs = np.array([9, 16, 12, 7])[:batch]  # input tokens per row
   tgt[1, 13:] = 0
+  # Pseudo tokens <extra_id_0..2> among the inputs, for P-tuning in the text.
+  tgt[:, [1, 3, 5]] = [32099, 32098, 32097]
   dec = np.concatenate([np.zeros((batch, 1), int), tgt[:, :-1]], 1)
   positions = np.arange(length)[None]
   causal = (positions <= inputs[:, None]).astype(np.int32)

@@ -6,7 +6,8 @@
                                         LoRA(rank=8)))
 
 Methods: prompt (prompt tuning), p_tuning (P-tuning v1: an encoded prompt
-placed by a template), multitask_prompt (shared + per-task prompts), prefix
+placed by a template; p_tuning_in_text: at pseudo tokens the text holds),
+multitask_prompt (shared + per-task prompts), prefix
 (deep prompts: key/value prefixes on attention), intrinsic_msf / intrinsic_prompt
 (intrinsic prompt tuning's two stages), lora, ia3, adapters (Houlsby /
 Pfeiffer), bitfit (added biases) and norm tuning (the RMS norms' scales).
@@ -25,13 +26,13 @@ from prompt_tuning.deltas.ia3 import IA3
 from prompt_tuning.deltas.intrinsic import IntrinsicPrompt, IntrinsicSubspaceFinding
 from prompt_tuning.deltas.lora import LoRA
 from prompt_tuning.deltas.multitask import MultiTaskPrompt
-from prompt_tuning.deltas.p_tuning import PTuning
+from prompt_tuning.deltas.p_tuning import PTuning, PTuningInText
 from prompt_tuning.deltas.prefix import PrefixTuning
 from prompt_tuning.deltas.prompt import Prompt, PromptTuning
 from prompt_tuning.deltas.records import read_prompt, recorded_deltas
 
 __all__ = [
-    'Adapters', 'BitFit', 'Delta', 'IA3', 'IntrinsicPrompt', 'IntrinsicSubspaceFinding', 'LoRA', 'MultiTaskPrompt', 'NormTuning', 'PTuning', 'PrefixTuning', 'Prompt', 'PromptTuning', 'check_deltas', 'combine', 'delta_from_config',
+    'Adapters', 'BitFit', 'Delta', 'IA3', 'IntrinsicPrompt', 'IntrinsicSubspaceFinding', 'LoRA', 'MultiTaskPrompt', 'NormTuning', 'PTuning', 'PTuningInText', 'PrefixTuning', 'Prompt', 'PromptTuning', 'check_deltas', 'combine', 'delta_from_config',
     'export_all', 'initializers', 'logical_axis_rules', 'paths', 'read_prompt',
     'recorded_deltas', 'register', 'registered', 'trainable_patterns',
 ]

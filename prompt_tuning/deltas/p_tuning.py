@@ -319,5 +319,61 @@ class PTuning(base.Delta):
                name=config.get('name', COLLECTION), init=NotRecorded(config.get('init', '')))
 
 
-__all__ = ['COLLECTION', 'ENCODERS', 'PTuning', 'PromptEncoder', 'StandardNormal', 'encode',
+@base.register
+@dataclasses.dataclass(frozen=True)
+class PTuningInText(PTuning):
+  """P-tuning with the pseudo tokens in the text: the original code's placement.
+
+  The task writes the template into its inputs (`templates.as_text`), so
+  pseudo-prompt position k is the token `marker_base - k` ('<extra_id_k>'
+  in T5's vocabulary), and this delta swaps that token's embedding for
+  prompt row k wherever it appears; no position is inserted. That is how
+  "GPT Understands, Too" places a template on a causal LM: its LAMA code
+  builds [P x3, subject, P x3] and reads the answer after the last pseudo
+  token, which an inserting placement cannot do on a decoder-only LM (its
+  inserted positions must precede the text). Cached decoding swaps again
+  (`decoder_step_input`): the prefill re-feeds the last input token, here
+  a pseudo token.
+
+  Attributes (besides PTuning's): marker_base: the id of pseudo position 0.
+  The template only counts the pseudo positions (its anchors and `{inputs}`
+  are the data's); `vocabulary` and `eos_id` are unused.
+  """
+  kind: ClassVar[str] = 'p_tuning_in_text'
+  sites: ClassVar[Tuple[str, ...]] = ('encoder_input', 'decoder_input', 'decoder_step_input')
+
+  marker_base: int = 32099  # '<extra_id_0>' in T5's vocabulary (32000 pieces + 100 sentinels)
+
+  @property
+  def parsed(self) -> templates.Template:
+    # Anchor words are the data's: check the template as the text's, then
+    # count its pseudo positions without a vocabulary.
+    templates.as_text(self.template, '')
+    return templates.parse(templates.markers_only(self.template))
+
+  def intercept(self, site: Site, next_fun: Callable[..., Any], args: tuple, kwargs: dict,
+                module: nn.Module) -> Any:
+    result = next_fun(*args, **kwargs)
+    embedded, mask = result if site.name != 'decoder_step_input' else (result, None)
+    tokens = args[0] if args else next(iter(kwargs.values()))
+    row = self.marker_base - tokens  # [b, l]: the prompt row a pseudo token shows
+    is_pseudo = (row >= 0) & (row < self.length) & (tokens > 0)
+    prompt = getattr(module, self.name)(module.token_embedder.embedding)  # [P, d] | [b, P, d]
+    prompt = prompt if prompt.ndim == 3 else prompt[None]
+    rows = jnp.arange(prompt.shape[0])[:, None] if prompt.shape[0] > 1 else 0
+    shown = prompt[rows, jnp.clip(row, 0, self.length - 1)].astype(embedded.dtype)
+    embedded = jnp.where(is_pseudo[..., None], shown, embedded)
+    return embedded if mask is None else (embedded, mask)
+
+  def to_config(self) -> Dict[str, Any]:
+    return {**super().to_config(), 'template': self.template, 'marker_base': self.marker_base}
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> 'PTuningInText':
+    return cls(template=config['template'], encoder=config.get('encoder', 'lstm'),
+               hidden=config.get('hidden'), name=config.get('name', COLLECTION),
+               marker_base=config['marker_base'], init=NotRecorded(config.get('init', '')))
+
+
+__all__ = ['COLLECTION', 'ENCODERS', 'PTuning', 'PTuningInText', 'PromptEncoder', 'StandardNormal', 'encode',
            'hidden_size', 'weight_shapes']

@@ -230,6 +230,11 @@ def as_text(spec: str, inputs: str) -> str:
   return ' '.join(pieces)
 
 
+def markers_only(spec: str) -> str:
+  """`spec` without its anchor words: its [P:n], [T:...] and {inputs} markers."""
+  return ' '.join(match[0] for match in _MARKER.finditer(spec))
+
+
 def place(template: Template, template_embedded: Array, embedded: Array, mask: Array,
           tokens: Array, eos_id: Optional[int] = EOS_ID) -> Tuple[Array, Array]:
   """The template around each example's tokens (see the module docstring).
@@ -285,5 +290,5 @@ def check_anchor_ids(template: Template, vocab_size: int) -> None:
                      f'{max(ids)}, but the vocabulary has {vocab_size} ids: wrong vocabulary?')
 
 
-__all__ = ['Block', 'EOS_ID', 'Template', 'as_text', 'check_anchor_ids', 'marker', 'parse', 'place',
+__all__ = ['Block', 'EOS_ID', 'Template', 'as_text', 'check_anchor_ids', 'marker', 'markers_only', 'parse', 'place',
            'placed_mask']

@@ -155,6 +155,10 @@ class DecoderOnlyBackbone(nn.Module):
     """tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l'])."""
     return self.token_embedder(decoder_input_tokens), valid
 
+  def embed_decoder_step(self, tokens: Array) -> Array:
+    """The `decoder_step_input` site: cached decoding's tokens [b, 1] -> [b, 1, d]."""
+    return self.token_embedder(tokens)
+
   def embed_decoder_inputs_attached(self, decoder_input_tokens: Array, valid: Array
                                     ) -> Tuple[Array, Array]:
     """`embed_decoder_inputs` with the deltas attached: how long their input is."""
@@ -201,7 +205,7 @@ class DecoderOnlyLM(DecoderOnlyBackbone):
     del decoder_positions
     with sites.attach(self.deltas):
       if decode:
-        return self.decoder(self.token_embedder(decoder_input_tokens), None, enable_dropout,
+        return self.decoder(self.embed_decoder_step(decoder_input_tokens), None, enable_dropout,
                             decode=True, max_decode_length=max_decode_length)
       if decoder_target_tokens is None:
         raise ValueError('decoder_target_tokens is needed to mask padding unless decoding '

@@ -430,7 +430,7 @@ class GPT2LM(DecoderOnlyBackbone):
       positions = jnp.arange(tokens.shape[1])[None, :]
     else:
       positions = jnp.reshape(position, (-1, 1))  # [b|1, 1]
-    x = self.token_embedder(tokens) + self.position_embedder(positions)
+    x = self.embed_decoder_step(tokens) + self.position_embedder(positions)
     return self._logits(self.decoder(x, None, enable_dropout, decode=True))
 
 

@@ -22,6 +22,7 @@ hd, MLP width m.
 | dense                  | Dense.__call__                           | x [..., in] -> [..., out] (every projection) |
 | relative_position_bias | RelativePositionBiases.__call__          | q_length, k_length, bidirectional -> [1, h, q, k] (a stack's relative-position bias) |
 | decoder_input          | DecoderOnlyBackbone.embed_decoder_inputs | tokens [b, l], valid [b, l] -> (embedded [b, l', d], valid [b, l']) (decoder-only: DecoderOnlyLM, GPT2LM) |
+| decoder_step_input     | DecoderOnlyBackbone.embed_decoder_step   | tokens [b, 1] -> embedded [b, 1, d] (cached decoding's one token; decoder-only) |
 | decoder_only_layer     | DecoderOnlyLayer.__call__                | x [b, l, d], bias [b|1, h, l, l], enable_dropout, decode, prefill -> [b, l, d] |
 
 `attention_scores` runs after keys and values are formed, and in cached
@@ -33,7 +34,10 @@ encoder-decoder has `encoder_input` (`INPUT_SITES`: a prompt-family delta
 treats both alike). Positions a delta inserts there must all come before
 the second token (a prefix, or after BOS); the model drops their outputs.
 In cached decoding no delta sees `decoder_input`: the prefill put the
-prompt into the cache. `relative_position_bias` runs once per stack (`encoder/relpos_bias`,
+prompt into the cache. Each decoded token is embedded at
+`decoder_step_input` instead, where a delta that swaps the embedding of
+some ids (pseudo tokens in the text, `PTuningInText`) does so again: the
+prefill re-feeds the last input token, which may be one of them. `relative_position_bias` runs once per stack (`encoder/relpos_bias`,
 `decoder/relpos_bias`) before its layers; in cached decoding it covers the
 whole cache, [1, h, max_len, max_len], and the layers take their row.
 
@@ -83,6 +87,8 @@ SITES: Tuple[Site, ...] = (
          'q_length, k_length, bidirectional -> [1, h, q, k]'),
     Site('decoder_input', 'DecoderOnlyBackbone', 'embed_decoder_inputs',
          'tokens [b, l], valid [b, l] -> (embedded [b, l\', d], valid [b, l\'])'),
+    Site('decoder_step_input', 'DecoderOnlyBackbone', 'embed_decoder_step',
+         'tokens [b, 1] -> embedded [b, 1, d]'),
     Site('decoder_only_layer', 'DecoderOnlyLayer', '__call__',
          'x [b, l, d], bias [b|1, h, l, l], enable_dropout, decode, prefill -> [b, l, d]'),
 )
