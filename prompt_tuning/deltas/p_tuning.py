@@ -266,7 +266,9 @@ class PTuning(base.Delta):
       # The decoder-only LM reads its outputs after inserted positions that all
       # precede the text; after {inputs} would be after the targets too.
       raise ValueError(f'On a decoder-only model the P-tuning template must put every '
-                       f'prompt and anchor before {{inputs}}; {self.template!r} does not.')
+                       f'prompt and anchor before {{inputs}}; {self.template!r} does not: '
+                       'write it into the text instead (PTuningInText, '
+                       'gin/methods/p_tuning_in_text.gin).')
     embedded, mask = next_fun(*args, **kwargs)
     templates.check_anchor_ids(template, module.token_embedder.num_embeddings)
     prompt = getattr(module, self.name)(module.token_embedder.embedding)  # [P, d] | [b, P, d]
