@@ -49,9 +49,10 @@ for city and job and 1/8 for pet and colour.
 
 Mixtures `demo_probe_<form>` hold the four relations of a form (each
 relation's metrics are reported on their own). `TASK_FEATURE_LENGTHS`
-fits every example of every form (longest inputs 11 tokens, the p_tuning
-anchor form; longest targets 4 with EOS, Athens); targets get room for a
-few more decoded tokens so the first word is whole.
+fits every example of every form (longest inputs in tokens: manual 8,
+subject 3, p_tuning 9, p_tuning_anchor 13; longest targets 4 with EOS,
+Athens); targets get room for a few more decoded tokens so that the first
+word of a greedy decode is whole.
 """
 import functools
 import random
