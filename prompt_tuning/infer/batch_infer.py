@@ -15,6 +15,7 @@ INFER_OUTPUT_DIR/<task>-<split>-<mode>.jsonl (one file per task of a
 mixture). A file appears only once it is complete.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from prompt_tuning.data import gpt2_features
 from prompt_tuning.data import lookup
 from prompt_tuning.gin_utils import ConfigurationError
 from prompt_tuning.infer import bank as bank_lib
@@ -100,11 +102,13 @@ def _records(task: seqio.Task, mode: str, loaded: loading.Loaded, *,
   # The feature converter maps example by example, so its rows stay aligned
   # with the examples (which keep the text).
   arch = contract.of(loaded.model)
-  model_dataset = arch.feature_converter()(truncation.trim(dataset, lengths),
-                                           lengths).enumerate()
+  model_dataset = contract.feature_converter_for(loaded.model, task.name)(
+      truncation.trim(dataset, lengths), lengths).enumerate()
   examples = dataset.as_numpy_iterator()
   inputs_vocab = task.output_features['inputs'].vocabulary
   targets_vocab = task.output_features['targets'].vocabulary
+  decoding = dataclasses.replace(
+      decoding, eos_id=gpt2_features.decoding_eos(targets_vocab, decoding.eos_id))
   run = _make_run(mode, loaded.model, lengths['targets'], decoding, rows_per_pass)
   bank = loaded.bank
   copies = 1 if bank is None else bank_lib.size(bank)

@@ -21,6 +21,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import console
+from prompt_tuning.data import gpt2_features
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import predict
@@ -117,7 +118,8 @@ class InferenceEvaluator:
       tf.io.gfile.makedirs(self.log_dir)  # seqio's JSON logger does not create it
       loggers = (seqio.PyLoggingLogger, seqio.JSONLogger, seqio.TensorBoardLogger)
     self._evaluators[arch.name] = seqio.Evaluator(
-        self.task_name, arch.feature_converter(), eval_split=self.split,
+        self.task_name, contract.feature_converter_for(model, self.task_name),
+        eval_split=self.split,
         use_cached=self.use_cached, sequence_length=dict(self.feature_lengths),
         num_examples=self.num_examples, logger_cls=loggers, log_dir=self.log_dir)
     return self._evaluators[arch.name]
@@ -163,7 +165,10 @@ class InferenceEvaluator:
 
   def _jitted(self, model: nn.Module, kind: str) -> Callable:
     labels = (tuple(map(tuple, self._label_tokens())) if kind == 'rank' else None)
-    args = (model, kind, self.feature_lengths['targets'], self.decoding, labels)
+    vocabulary = contract.task_vocabulary(self.task_name)
+    decoding = dataclasses.replace(
+        self.decoding, eos_id=gpt2_features.decoding_eos(vocabulary, self.decoding.eos_id))
+    args = (model, kind, self.feature_lengths['targets'], decoding, labels)
     try:
       return _compiled(*args)
     except TypeError:  # a model with unhashable fields: compile for this call only

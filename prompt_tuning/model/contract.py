@@ -20,6 +20,12 @@ example's last input token, whose output is the first target, as T5X) and
 each step feeds one token: `step(tokens [n, 1], cache) -> (logits [n, V], cache)`.
 Predictions are the T target positions only.
 
+`feature_converter_for(model, task)` is the converter a run uses: the
+architecture's, except that a task on a vocabulary whose id 0 is a token
+(GPT-2's) gets `gpt2_features.GPT2DecoderFeatureConverter` (loss weights
+from lengths, GPT-2's BOS) and is refused, in one line, by a model that is
+not `GPT2LM` or has fewer ids than the vocabulary.
+
 `build(config)` picks the backbone from the config's type: `T5Config` ->
 `Transformer`, `DecoderOnlyConfig` -> `DecoderOnlyLM`, `GPT2Config` ->
 `GPT2LM`; both decoder-only backbones are `DecoderOnlyBackbone`s, which is
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
+from prompt_tuning.data import gpt2_features
 from prompt_tuning.model.config import DecoderOnlyConfig
 from prompt_tuning.model.decoder_only import DecoderOnlyBackbone, DecoderOnlyLM
 from prompt_tuning.model.gpt2 import GPT2Config, GPT2LM
@@ -213,7 +220,11 @@ class DecoderOnly:
     """
     cache, start = context
     labels, batch = len(label_tokens), start.shape[0]
-    targets = jnp.tile(jnp.asarray(_label_matrix(label_tokens)), (batch, 1))  # [b * labels, M]
+    matrix = _label_matrix(label_tokens)
+    targets = jnp.tile(jnp.asarray(matrix), (batch, 1))  # [b * labels, M]
+    # Each label's own length, not ids > 0: id 0 is a token in GPT-2 ('!').
+    real = jnp.tile(jnp.asarray(np.arange(matrix.shape[1])[None, :] <
+                                np.array([len(t) for t in label_tokens])[:, None]), (batch, 1))
     cache = _repeat(cache, labels)
     length = next(v.shape[1] for k, v in traverse_util.flatten_dict(cache).items()
                   if k[-1] == 'cached_key')
@@ -225,7 +236,7 @@ class DecoderOnly:
       cache = mutated['cache']
       log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32))
       picked = jnp.take_along_axis(log_probs, targets[:, k:k + 1], axis=1)[:, 0]
-      total = total + picked * (targets[:, k] > 0)
+      total = total + picked * real[:, k]
       token = targets[:, k]
     return total.reshape(batch, labels)
 
@@ -301,11 +312,49 @@ def build(config: Any, deltas: Sequence[Any] = ()) -> nn.Module:
   return Transformer(config, deltas=tuple(deltas))
 
 
+def task_vocabulary(task_name: str) -> Any:
+  """The targets vocabulary of a task or mixture (its tasks' must agree on id 0)."""
+  tasks = seqio.get_subtasks(seqio.get_mixture_or_task(task_name))
+  vocabularies = [t.output_features['targets'].vocabulary for t in tasks]
+  kinds = {gpt2_features.zero_is_token(v) for v in vocabularies}
+  if len(kinds) > 1:
+    raise ValueError(f'Mixture {task_name!r} mixes a GPT-2 vocabulary (id 0 a token) with one '
+                     'whose id 0 is padding: its tasks need different feature converters; '
+                     'mix tasks of one vocabulary.')
+  return vocabularies[0]
+
+
+def feature_converter_for(model: nn.Module, task_name: str, pack: bool = False
+                          ) -> seqio.FeatureConverter:
+  """The feature converter of `model` (`of(model)`'s) on task or mixture `task_name`.
+
+  A vocabulary whose id 0 is padding (T5's SentencePiece) gets the
+  architecture's seqio converter, unchanged. One whose id 0 is a token
+  (GPT2Vocabulary) gets `GPT2DecoderFeatureConverter` with the vocabulary's
+  BOS, after checking that the model can read it: ValueError (one line)
+  unless the model is a `GPT2LM` (the others mask every id 0 as padding)
+  with at least the vocabulary's ids.
+  """
+  arch = of(model)
+  vocabulary = task_vocabulary(task_name)
+  if not gpt2_features.zero_is_token(vocabulary):
+    return arch.feature_converter(pack)
+  if not isinstance(model, GPT2LM):
+    raise ValueError(f'Task {task_name!r} is on {vocabulary}, whose id 0 is a token, which '
+                     f'{type(model).__name__} masks as padding: use a GPT-2 model '
+                     '(gin/models/gpt2/) or a task on the T5 vocabulary.')
+  if model.config.vocab_size < vocabulary.vocab_size:
+    raise ValueError(f'Task {task_name!r} is on {vocabulary} ({vocabulary.vocab_size} ids) '
+                     f'but the model has vocab_size {model.config.vocab_size}: use a model '
+                     f'with at least {vocabulary.vocab_size} (gin/models/gpt2/gpt2.gin for '
+                     "GPT-2's 50257) or the model's own tokenizer.")
+  return gpt2_features.GPT2DecoderFeatureConverter(vocabulary.bos_id, pack=pack)
+
+
 def for_config(config: Any):
   """The architecture a model config builds (`DecoderOnlyConfig`, `GPT2Config` or `T5Config`)."""
   return DECODER_ONLY if isinstance(config, (DecoderOnlyConfig, GPT2Config)) else ENCODER_DECODER
 
 
 __all__ = ['DECODER_ONLY', 'DecoderOnly', 'ENCODER_DECODER', 'EncoderDecoder', 'build',
-           'for_config',
-           'of']
+           'feature_converter_for', 'for_config', 'of', 'task_vocabulary']

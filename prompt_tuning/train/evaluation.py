@@ -23,7 +23,7 @@ class TeacherForcedEvaluator:
                batch_size: int, steps: int, split: str = 'validation'):
     self.task_name, self.steps = task_name, steps
     self._dataset = seqio.get_dataset(
-        task_name, dict(feature_lengths), contract.of(model).feature_converter(),
+        task_name, dict(feature_lengths), contract.feature_converter_for(model, task_name),
         dataset_split=split,
         shuffle=False, num_epochs=1, batch_size=batch_size)
     self._loss = jax.jit(lambda v, b: batch_loss(model, v, b)[1])

@@ -274,7 +274,8 @@ def train(*,
     batches = data.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
                                  seed=random_seed, skip_batches=consumed, shuffle=shuffle,
                                  use_cached=use_cached_tasks, shard=data_shard,
-                                 feature_converter=contract.of(model).feature_converter())
+                                 feature_converter=contract.feature_converter_for(
+                                     model, mixture_or_task_name))
     step_fn = make_train_step(model, tx, random_seed, partitioner=partitioner,
                               state_shardings=partitioning.shardings_of(state), z_loss=z_loss,
                               label_smoothing=label_smoothing,
