@@ -357,10 +357,11 @@ def _cli(module, args, pythonpath):
   return proc
 
 
-@pytest.mark.slow  # two CLI processes on 2 CPU cores
-def test_train_and_infer_clis_on_a_gpt2_vocabulary_task(tmp_path, vocab_folder):
+@pytest.mark.slow  # three CLI processes on 2 CPU cores
+def test_train_infer_and_eval_clis_on_a_gpt2_vocabulary_task(tmp_path, vocab_folder):
   """A tiny GPT-2 (gin/models/gpt2/tiny.gin, more ids than the tiny BPE) trained from
-  scratch on a GPT-2-vocabulary task until it reproduces its targets ('hi!', '!!!')."""
+  scratch on a GPT-2-vocabulary task until it reproduces its targets ('hi!', '!!!'),
+  then predicted (infer) and evaluated (eval: the task's metric over the decoded text)."""
   (tmp_path / 'gpt2_cli_tasks.py').write_text(TASK_MODULE.format(
       name='gpt2_cli_bang', path=str(vocab_folder), examples=EXAMPLES))
   task = ["--gin.MIXTURE_OR_TASK_NAME='gpt2_cli_bang'",
@@ -369,10 +370,10 @@ def test_train_and_infer_clis_on_a_gpt2_vocabulary_task(tmp_path, vocab_folder):
   model = '--gin_file=gin/models/gpt2/tiny.gin'
   _cli('prompt_tuning.train', [
       model, '--gin_file=gin/runs/model_tune.gin', '--gin.INITIAL_CHECKPOINT_PATH=None',
-      f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=60', '--gin.BATCH_SIZE=4',
-      '--gin.EVAL_PERIOD=None', '--gin.CHECKPOINT_PERIOD=60', '--gin.LOG_PERIOD=20',
+      f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=150', '--gin.BATCH_SIZE=4',
+      '--gin.EVAL_PERIOD=None', '--gin.CHECKPOINT_PERIOD=150', '--gin.LOG_PERIOD=20',
       "--gin.optimizers.Adafactor.learning_rate=0.01", *task], tmp_path)
-  assert (tmp_path / 'run' / 'checkpoint_60').is_dir()
+  assert (tmp_path / 'run' / 'checkpoint_150').is_dir()
   _cli('prompt_tuning.infer', [
       model, '--gin_file=gin/runs/infer.gin', f"--gin.CHECKPOINT_PATH='{tmp_path / 'run'}'",
       f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'", '--gin.BATCH_SIZE=4', *task], tmp_path)
@@ -382,3 +383,8 @@ def test_train_and_infer_clis_on_a_gpt2_vocabulary_task(tmp_path, vocab_folder):
   assert [line['inputs'] for line in lines] == [i for i, _ in EXAMPLES]
   # Memorised, '!' included: it was in the loss, and decoding stops at EOS, not at id 1.
   assert [line['prediction'] for line in lines] == [t for _, t in EXAMPLES]
+  _cli('prompt_tuning.eval', [
+      model, '--gin_file=gin/runs/eval.gin', f"--gin.CHECKPOINT_PATH='{tmp_path / 'run'}'",
+      f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'", '--gin.BATCH_SIZE=4', *task], tmp_path)
+  metrics = (tmp_path / 'eval' / 'gpt2_cli_bang-metrics.jsonl').read_text().splitlines()
+  assert json.loads(metrics[-1])['exact'] == 100.0
