@@ -26,7 +26,7 @@ import tokenizers
 import torch
 import transformers
 
-from prompt_tuning.data import gpt2_features
+from prompt_tuning.model import gpt2_features
 from prompt_tuning.data import gpt2_tasks
 from prompt_tuning.infer import predict
 from prompt_tuning.model import contract

@@ -7,7 +7,7 @@ The convention is GPT-2's, not T5's: a decoder-only sequence is
 `<|endoftext|> inputs targets <|endoftext|>`, i.e. the inputs carry no EOS
 (GPT-2 reads the prompt and continues it) and the targets end with EOS
 (`<|endoftext|>`, where decoding stops). BOS is `<|endoftext|>` too; the
-feature converter puts it first (`gpt2_features`). Token boundaries are the
+feature converter puts it first (`prompt_tuning/model/gpt2_features.py`). Token boundaries are the
 texts' own: GPT-2's BPE glues a leading space to the next word, so write
 the target as ' yes' if GPT-2 should see ' yes' after 'Answer:'.
 

@@ -13,7 +13,7 @@ GPT-2 has no padding token and id 0 is '!', so `pad_id` is the EOS id (the
 usual GPT-2 convention): seqio's `decode_tf` fills everything after the
 first EOS with `pad_id`, which decoding then drops. `zero_is_token` tells
 the model contract so: a task on this vocabulary gets
-`gpt2_features.GPT2DecoderFeatureConverter` (loss weights from lengths, not
+`model.gpt2_features.GPT2DecoderFeatureConverter` (loss weights from lengths, not
 from ids != 0; `<|endoftext|>` as BOS) instead of seqio's zero conventions.
 """
 import hashlib
@@ -34,7 +34,7 @@ EOS_TOKEN = '<|endoftext|>'
 class GPT2Vocabulary(seqio.Vocabulary):
   """Byte-level BPE from `path`/vocab.json and `path`/merges.txt; no extra ids."""
   # Id 0 is a real token ('!' in GPT-2), not padding: read by
-  # `gpt2_features.zero_is_token`, which picks the feature converter.
+  # `model.gpt2_features.zero_is_token`, which picks the feature converter.
   zero_is_token = True
 
   def __init__(self, path: str, eos_token: str = EOS_TOKEN):

@@ -30,7 +30,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from prompt_tuning.data import gpt2_features
+from prompt_tuning.model import gpt2_features
 from prompt_tuning.data import lookup
 from prompt_tuning.gin_utils import ConfigurationError
 from prompt_tuning.infer import bank as bank_lib

@@ -21,7 +21,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import console
-from prompt_tuning.data import gpt2_features
+from prompt_tuning.model import gpt2_features
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import predict

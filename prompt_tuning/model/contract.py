@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from prompt_tuning.data import gpt2_features
+from prompt_tuning.model import gpt2_features
 from prompt_tuning.model.config import DecoderOnlyConfig
 from prompt_tuning.model.decoder_only import DecoderOnlyBackbone, DecoderOnlyLM
 from prompt_tuning.model.gpt2 import GPT2Config, GPT2LM
