@@ -278,6 +278,15 @@ def test_trained_on_the_task_greedy_decoding_reproduces_targets_ending_in_bangs(
   assert [vocabulary.decode(row.tolist()) for row in ours] == [t for _, t in EXAMPLES]
 
 
+def test_rank_classification_labels_are_encoded_as_the_targets(vocabulary):
+  from prompt_tuning.infer.evaluation import InferenceEvaluator  # pylint: disable=g-import-not-at-top
+  labels = [' yes', 'hi!', '!!!']
+  evaluator = InferenceEvaluator(TASK, LENGTHS, batch_size=4, rank_classification_labels=labels)
+  eos = vocabulary.eos_id
+  assert evaluator._label_tokens() == [vocabulary.encode(t) + [eos] for t in labels]  # pylint: disable=protected-access
+  assert vocabulary.encode(' yes') != vocabulary.encode('yes')  # the leading space counts
+
+
 # -- errors and the T5 path -----------------------------------------------------
 def test_a_model_that_cannot_read_the_vocabulary_is_one_line(vocabulary, gpt2):
   _, model, _ = gpt2

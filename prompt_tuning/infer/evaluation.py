@@ -150,8 +150,13 @@ class InferenceEvaluator:
 
     SentencePiece alone would spell a sentinel out piece by piece, so the
     sentinel form's labels ('<extra_id_0> entailment') are split around them.
+    GPT-2's BPE (no sentinels) encodes each label whole and unstripped: ' yes'
+    and 'yes' are different tokens there, and the label must be the target's.
     """
     vocabulary = seqio.get_mixture_or_task(self.task_name).output_features['targets'].vocabulary
+    if gpt2_features.zero_is_token(vocabulary):
+      return [vocabulary.encode(label) + [vocabulary.eos_id]
+              for label in self.rank_classification_labels]
     def encode(label: str) -> List[int]:
       ids = []
       for part in re.split(r'(<extra_id_\d+>)', label):
