@@ -29,6 +29,7 @@ import transformers
 from prompt_tuning.model import gpt2_features
 from prompt_tuning.data import gpt2_tasks
 from prompt_tuning.infer import predict
+from prompt_tuning.infer.evaluation import InferenceEvaluator
 from prompt_tuning.model import contract
 from prompt_tuning.model.config import DecoderOnlyConfig, T5Config
 from prompt_tuning.model.decoder_only import DecoderOnlyLM
@@ -159,6 +160,13 @@ def test_features_start_with_bos_and_weight_every_target_token(vocabulary, gpt2)
                                   np.arange(lm['decoder_loss_weights'].shape[1]) < len(sequence))
 
 
+def test_packing_is_refused_in_one_line(vocabulary):
+  """seqio's packing gives every id 0 segment id 0 (padding): a '!' would vanish."""
+  with pytest.raises(ValueError) as error:
+    gpt2_features.GPT2DecoderFeatureConverter(vocabulary.eos_id, pack=True)
+  assert '\n' not in str(error.value) and 'pack=False' in str(error.value)
+
+
 def test_a_target_of_only_bangs_is_not_empty(vocabulary, gpt2):
   hf, model, params = gpt2
   batch = _batch(TASK, model)
@@ -279,11 +287,10 @@ def test_trained_on_the_task_greedy_decoding_reproduces_targets_ending_in_bangs(
 
 
 def test_rank_classification_labels_are_encoded_as_the_targets(vocabulary):
-  from prompt_tuning.infer.evaluation import InferenceEvaluator  # pylint: disable=g-import-not-at-top
   labels = [' yes', 'hi!', '!!!']
   evaluator = InferenceEvaluator(TASK, LENGTHS, batch_size=4, rank_classification_labels=labels)
-  eos = vocabulary.eos_id
-  assert evaluator._label_tokens() == [vocabulary.encode(t) + [eos] for t in labels]  # pylint: disable=protected-access
+  tokens = evaluator._label_tokens()  # pylint: disable=protected-access
+  assert tokens == [vocabulary.encode(t) + [vocabulary.eos_id] for t in labels]
   assert vocabulary.encode(' yes') != vocabulary.encode('yes')  # the leading space counts
 
 

@@ -9,15 +9,15 @@ starts every sequence with BOS 0 and sets `decoder_loss_weights` to
 would get no loss and the sequence would start with '!' instead of GPT-2's
 `<|endoftext|>`. This converter is seqio's with two changes:
 
-- BOS is `bos_id` (seqio's own `bos_id` argument: also at every packed
-  segment's start);
+- BOS is `bos_id` (seqio's own `bos_id` argument);
 - `decoder_loss_weights` come from each example's real length, so every
   target token (a '!' too) is weighted 1 and only the padding 0.
 
 Padding is still id 0 at the end of a row (trailing), which is what
 `gpt2.GPT2LM` reads as padding: a GPT-2 task appends EOS to its targets
 (`gpt2_tasks`), so the last real token of a row is never 0. Everything else
-(feature names, lengths, `decoder_causal_attention`, packing) is seqio's.
+(feature names, lengths, `decoder_causal_attention`) is seqio's; packing is
+refused (seqio's packing reads every 0 as padding).
 
 Why a converter and not the model: the batch then holds GPT-2's true ids
 (BOS included), so teacher forcing, the prefill's start token, decoding and
@@ -50,12 +50,10 @@ def decoding_eos(vocabulary: Any, eos_id: int) -> int:
 
 
 class _LM(fc.LMFeatureConverter):
-  """Targets only: seqio's LM features, loss weights over the real length."""
+  """Targets only: seqio's LM features, loss weights over the real length (unpacked)."""
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
-    if self.pack:  # packed rows: decoder_segment_ids is 0 exactly on padding
-      return super()._convert_features(ds, task_feature_lengths)
     ds = ds.map(lambda ex: {**ex, _REAL: tf.ones_like(ex['targets'])},
                 num_parallel_calls=tf.data.AUTOTUNE)
     ds = self._pack_or_pad(ds, {**task_feature_lengths, _REAL: task_feature_lengths['targets']})
@@ -63,23 +61,20 @@ class _LM(fc.LMFeatureConverter):
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     d = dict(super()._convert_example(features))
-    real = features['targets_segment_ids'] > 0 if self.pack else features[_REAL] > 0
-    d['decoder_loss_weights'] = tf.cast(real, tf.int32)
+    d['decoder_loss_weights'] = tf.cast(features[_REAL] > 0, tf.int32)
     return d
 
 
 class _PrefixLM(fc.PrefixLMFeatureConverter):
-  """Inputs + targets: seqio's prefix-LM features, loss weights over the real targets."""
+  """Inputs + targets: seqio's prefix-LM features, loss weights over the real targets (unpacked)."""
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     d = dict(super()._convert_example(features))
     # inputs_width_add_pos (inputs' width + 1 >= 1) is tiled over every real
-    # position of the concatenation and padded (and packed) with 0.
+    # position of the concatenation and padded with 0.
     real = features['inputs_width_add_pos'] > 0
     if self.loss_on_targets_only:
-      positions = (features['targets_positions'] if self.pack
-                   else tf.range(tf.size(features['targets'])))
-      real = real & (positions >= features['inputs_width'])
+      real = real & (tf.range(tf.size(features['targets'])) >= features['inputs_width'])
     d['decoder_loss_weights'] = tf.cast(real, features['targets'].dtype)
     return d
 
@@ -92,11 +87,15 @@ class GPT2DecoderFeatureConverter(seqio.DecoderFeatureConverter):
   (1 on every real target token, whatever its id), and with inputs
   decoder_causal_attention [batch, length]. Targets must not be empty (a
   GPT-2 task's end with EOS): seqio pads an empty one with a 0, which here
-  would be a '!' to learn.
+  would be a '!' to learn. No packing: seqio's packing itself reads every
+  0 as padding (a '!' would get segment id 0), so `pack=True` is refused.
   """
 
   def __init__(self, bos_id: int, loss_on_targets_only: bool = True, pack: bool = False,
                **kwargs):
+    if pack:
+      raise ValueError("GPT2DecoderFeatureConverter does not pack: seqio's packing takes id 0 "
+                       "for padding, which is '!' in GPT-2's vocabulary; use pack=False.")
     super().__init__(loss_on_targets_only=loss_on_targets_only, pack=pack, bos_id=bos_id,
                      **kwargs)
     common = dict(pack=pack, bos_id=bos_id, **kwargs)
