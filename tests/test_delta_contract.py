@@ -13,7 +13,8 @@ per-example leaves (norm tuning) must refuse to bank instead.
 
 DECODER_ONLY_CASES run the same checks on the decoder-only LM
 (model/decoder_only.py), through the model contract (model/contract.py):
-its feature converter's batch keys, its loss inputs, its base checkpoint.
+its feature converter's batch keys, its loss inputs, its base checkpoint;
+every case of CASES is one of them or in DECODER_ONLY_REFUSED.
 GPT2_CASES run them on GPT-2 (model/gpt2.py), whose base is a Hugging Face
 GPT-2 folder written by transformers and read by `load_pretrained`; every
 case of CASES is either one of them or in GPT2_REFUSED with the reason and
@@ -114,14 +115,18 @@ CASES = {
                     ['--gin.PROMPT_LENGTH=3', '--gin.LORA_RANK=2']),
 }
 
-# The deltas on the decoder-only LM (multi-task and intrinsic prompts read a
-# task marker at position 0, where the decoder-only input has its BOS: not yet).
+# The deltas on the decoder-only LM: every case of CASES, or refused as on
+# GPT-2 (DECODER_ONLY_REFUSED, below GPT2_REFUSED).
 DECODER_ONLY_CASES = {
+    'prompt': CASES['prompt'],
     # google-research/prompt-tuning's decoder-only placement: after the BOS.
     'prompt_after_bos': (lambda: deltas.PromptTuning(length=3, init=initializers.random_uniform(),
                                                      combine=combine.after_first_token),),
     'lora': CASES['lora'],
     'prefix': (lambda: deltas.PrefixTuning(length=3),),
+    'prefix_reparam': CASES['prefix_reparam'],
+    'intrinsic_prompt': CASES['intrinsic_prompt'],
+    'prompt+lora': CASES['prompt+lora'],
     'p_tuning_mlp': CASES['p_tuning_mlp'],
     'p_tuning_in_text': CASES['p_tuning_in_text'],
     'ia3': CASES['ia3'],
@@ -159,6 +164,9 @@ GPT2_REFUSED = {
                       'must put every prompt and anchor before {inputs}'),
 }
 
+# The same three, for the same reasons, on the T5X-style decoder-only LM.
+DECODER_ONLY_REFUSED = GPT2_REFUSED
+
 # Widths the 'model' axis of a 2x4 mesh divides; dropout on, as in training.
 CONFIG = T5Config(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                   num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
@@ -177,20 +185,26 @@ def test_every_registered_delta_has_a_case():
   assert set(deltas.registered()) <= covered
 
 
-def test_every_case_runs_on_gpt2_or_is_refused_with_a_reason():
-  assert set(CASES) <= set(GPT2_CASES) | set(GPT2_REFUSED)
-  assert not set(GPT2_CASES) & set(GPT2_REFUSED)
-  assert all(reason and error for reason, error in GPT2_REFUSED.values())
+@pytest.mark.parametrize('cases, refused', [(DECODER_ONLY_CASES, DECODER_ONLY_REFUSED),
+                                             (GPT2_CASES, GPT2_REFUSED)],
+                         ids=['decoder_only', 'gpt2'])
+def test_every_case_runs_on_a_decoder_only_backbone_or_is_refused_with_a_reason(cases, refused):
+  assert set(CASES) <= set(cases) | set(refused)
+  assert not set(cases) & set(refused)
+  assert all(reason and error for reason, error in refused.values())
 
 
-@pytest.mark.parametrize('name', sorted(GPT2_REFUSED))
-def test_deltas_gpt2_refuses_say_why(name, gpt2_base):
-  """A refused case fails on GPT-2 with its error, rather than training nothing."""
-  reason, error = GPT2_REFUSED[name]
+@pytest.mark.parametrize('backbone, name', [('gpt2', n) for n in sorted(GPT2_REFUSED)] +
+                         [('decoder_only', n) for n in sorted(DECODER_ONLY_REFUSED)])
+def test_decoder_only_backbones_refuse_saying_why(backbone, name, gpt2_base, decoder_only_base):
+  """A refused case fails with its error, rather than training nothing."""
+  reason, error = (GPT2_REFUSED if backbone == 'gpt2' else DECODER_ONLY_REFUSED)[name]
+  config, params = ((GPT2_CONFIG, gpt2_base[0]) if backbone == 'gpt2'
+                    else (DECODER_ONLY_CONFIG, decoder_only_base[0]))
   made = CASES[name][0]()
-  method = Method(GPT2_CONFIG, deltas=made if isinstance(made, tuple) else (made,))
+  method = Method(config, deltas=made if isinstance(made, tuple) else (made,))
   with pytest.raises(ValueError, match=error):
-    variables = initialize_variables(method.model, gpt2_base[0], jax.random.PRNGKey(1), LENGTHS)
+    variables = initialize_variables(method.model, params, jax.random.PRNGKey(1), LENGTHS)
     method.split(variables)
   assert reason
 
