@@ -204,3 +204,29 @@ def test_lm_length_keeps_every_corpus_document_whole():
   for split, size in demo_tasks.CORPUS_SIZES.items():
     lengths = [len(ids) + 1 for ids in v.tokenizer.encode(demo_world.corpus(WORLD, split, size))]
     assert max(lengths) <= demo_tasks.LM_TARGETS_LENGTH, split
+
+
+def test_decoder_only_pretraining_recipe_is_the_lm_task_on_a_4_layer_d128_model():
+  import gin  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import contract  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(['gin/demo/model_decoder_only_s.gin', 'gin/demo/pretrain_decoder_only.gin'],
+                        ["MODEL_DIR = '/tmp/unused'"])
+    assert gin_utils.macro('MIXTURE_OR_TASK_NAME') == demo_tasks.LM
+    assert gin_utils.macro('TASK_FEATURE_LENGTHS') == demo_tasks.LM_FEATURE_LENGTHS
+    assert gin_utils.macro('INITIAL_CHECKPOINT_PATH') is None  # from scratch
+    assert gin_utils.macro('TRAINABLE') == ['params/.*']
+    config = gin_utils.macro('MODEL_CONFIG')
+  finally:
+    gin.clear_config()
+  model = contract.build(config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *contract.of(model).init_args(
+      demo_tasks.LM_FEATURE_LENGTHS)))['params']
+  count = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
+  # By hand: tied vocabulary 32128 x 128; per layer q, k, v, o 4 x 128^2, gated
+  # MLP 3 x 128 x 256 and two norms of 128; a final norm; one shared relative
+  # position bias of 32 buckets x 4 heads.
+  assert count == 32128 * 128 + 4 * (4 * 128 ** 2 + 3 * 128 * 256 + 2 * 128) + 128 + 32 * 4
