@@ -18,8 +18,8 @@
 #       4,769,024 parameters): only a causal LM pre-training on the corpus
 #       (gin/demo/pretrain_decoder_only.gin), no LM adaptation and no export,
 #       into demo_models/decoder_only/lm; later runs load it with
-#       --gin.INITIAL_CHECKPOINT_PATH. 2,000 steps; 0.18 steps/s on 2 cores shared
-#       with other training (3 hours; 2026-12-01), 0.3 steps/s less shared
+#       --gin.INITIAL_CHECKPOINT_PATH (configs/demo/probe.toml: checkpoint_1000).
+#       1,000 steps, 0.35-0.65 steps/s on 2 shared cores: about 40 minutes
 # Every step is seeded; the training checkpoints stay in demo_models/ (the
 # span corruption one is the "span corruption" arm of configs/demo/objective.toml).
 # A re-run resumes where it stopped.
