@@ -10,6 +10,7 @@ import seqio
 from prompt_tuning.data import demo_probe
 from prompt_tuning.data import demo_world
 from prompt_tuning.data import vocab
+from prompt_tuning.deltas import templates
 
 WORLD = demo_world.make_world(0)
 SPLITS = ('train', 'validation', 'test')
@@ -71,6 +72,10 @@ def test_p_tuning_forms_carry_the_six_markers_in_order_around_the_subject():
     assert plain == [32099, 32098, 32097] + anna + [32096, 32095, 32094]
     anchored = v.encode(demo_probe.prompt_text(relation, 'p_tuning_anchor', 'Anna'))
     assert anchored == plain + v.encode(anchors[relation])
+    # The text is what the delta's own template syntax writes.
+    for form in ('p_tuning', 'p_tuning_anchor'):
+      assert demo_probe.prompt_text(relation, form, 'Anna') == templates.as_text(
+          demo_probe.template(relation, form), 'Anna')
   # And in the registered tasks, for every subject.
   for ex in _examples('demo_probe_pet_p_tuning_anchor', 'test'):
     ids = ex['inputs'].tolist()

@@ -24,11 +24,6 @@ ALLOWED = {
     'transfer': {'model', 'deltas'},
 }
 SHARED = {'gin_utils', 'console', '__init__'}
-# Named exceptions: (module path in the package, a module it may import
-# across the layers). data/demo_probe.py writes P-tuning templates into task
-# text with deltas.templates.as_text, a pure string function, rather than
-# keep a copy of it in data; to go when as_text moves down to the data layer.
-EXCEPTIONS = {('data/demo_probe.py', 'prompt_tuning.deltas.templates')}
 
 
 def _layer(path: pathlib.Path) -> str:
@@ -40,16 +35,12 @@ def _layer(path: pathlib.Path) -> str:
 
 def _imported_layers(path: pathlib.Path) -> Set[str]:
   layers = set()
-  excepted = {name for module, name in EXCEPTIONS
-              if path.relative_to(PACKAGE).as_posix() == module}
   for node in ast.walk(ast.parse(path.read_text())):
     names = []
     if isinstance(node, ast.Import):
-      names = [alias.name for alias in node.names if alias.name not in excepted]
+      names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module:
-      imported = [f'{node.module}.{alias.name}' for alias in node.names]
-      if not set(imported) <= excepted:  # `from a.b import c` is module a.b.c
-        names = [node.module] + imported
+      names = [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
     for name in names:
       parts = name.split('.')
       if parts[0] == 'prompt_tuning' and len(parts) > 1:
@@ -82,17 +73,3 @@ def test_the_check_sees_imports():
   graph = import_graph()
   assert 'model' in graph['deltas'] and {'model', 'deltas'} <= graph['train']
   assert 'infer' in graph['eval']  # the eval CLI, on top
-
-
-def test_exceptions_name_real_imports_and_only_those():
-  # An exception that names nothing (a moved module, a renamed import) must
-  # not linger; and it must not hide the file's other imports.
-  for module, name in EXCEPTIONS:
-    path = PACKAGE / module
-    tree = ast.parse(path.read_text())
-    found = {f'{n.module}.{a.name}' for n in ast.walk(tree)
-             if isinstance(n, ast.ImportFrom) and n.module for a in n.names}
-    found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert name in found, (module, name)
-  # The excepted import is the only one across layers demo_probe makes.
-  assert _imported_layers(PACKAGE / 'data' / 'demo_probe.py') == {'data'}

@@ -31,9 +31,10 @@ also writes '{n} has a house in {v}' (city) and '{n} has a job as a {v}'
 weakness of manual prompts P-tuning's paper reports.
 
 The p_tuning forms are P-tuning's GPT template (3, 3, 0): 3 pseudo tokens,
-the subject, 3 pseudo tokens, the answer slot; `templates.as_text` writes
-pseudo position k as the T5 sentinel '<extra_id_k>' (id 32099 - k), whose
-embedding a P-tuning delta replaces. The anchor form adds the manual
+the subject, 3 pseudo tokens, the answer slot, written into the text as
+`deltas.templates.as_text` writes a template (a test checks they agree):
+pseudo position k is the T5 sentinel '<extra_id_k>' (id 32099 - k), whose
+embedding `deltas.PTuningInText` replaces. The anchor form adds the manual
 prompt's words after the name (`ANCHORS`) before the answer slot. The
 colour prompt has its name in the middle, so its anchor is taken from the
 corpus's subject-first paraphrase '{n} likes {v} best.': 'likes'.
@@ -65,7 +66,6 @@ import tensorflow as tf
 from prompt_tuning.data import demo_world
 from prompt_tuning.data import task_utils
 from prompt_tuning.data import vocab as vocab_lib
-from prompt_tuning.deltas import templates
 
 WORLD_SEED = 0
 RELATIONS = ('city', 'job', 'pet', 'colour')
@@ -122,7 +122,10 @@ def prompt_text(relation: str, form: str, subject: str) -> str:
     return MANUAL_PROMPTS[relation].format(n=subject)
   if form == SUBJECT:
     return subject
-  return templates.as_text(template(relation, form), subject)
+  # Written here, not with deltas.templates.as_text: data sits below deltas.
+  pseudo = [f'<extra_id_{k}>' for k in range(6)]
+  anchor = [ANCHORS[relation]] if form == P_TUNING_ANCHOR else []
+  return ' '.join(pseudo[:3] + [subject] + pseudo[3:] + anchor)
 
 
 def split_people(relation: str, seed: int = WORLD_SEED) -> Dict[str, Tuple[str, ...]]:
