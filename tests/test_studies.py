@@ -2,7 +2,8 @@
 
 Each is the real recipe through tools/sweep.py and tools/plot.py with
 `--set SUITE_STEPS=2` (two training steps, one evaluation) and `--only` a
-few of its runs on the shipped xs and s demo models. Slow: every run is a
+few of its runs on the shipped xs and s demo models; the knowledge probe's
+on a decoder-only LM pre-trained for 2 steps by tools/build_demo_model.sh. Slow: every run is a
 training process (about 20 s on 2 cores).
 """
 import json
@@ -100,3 +101,30 @@ def test_ipt_recipe_in_its_three_stages(tmp_path):
                 'ist-same_city-d5-seed0', 'ist-genre-d5-seed0')
   row = next(line for line in table.splitlines() if line.startswith('| 5 |'))
   assert row.count('(1)') == 2, table  # seen and unseen: % of their prompt-tuning runs
+
+
+def test_probe_recipe_on_a_two_step_decoder_only_lm(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, 'DEMO_MODELS': str(tmp_path / 'models'), 'PYTHON': sys.executable}
+  proc = subprocess.run(['tools/build_demo_model.sh', 'decoder_only', '--gin.TRAIN_STEPS=2',
+                         '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=None'], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=1800, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  checkpoint = tmp_path / 'models' / 'decoder_only' / 'lm' / 'checkpoint_2'
+  assert checkpoint.is_dir()
+  # The manual prompt zero-shot on every relation, and one P-tuning and one
+  # prompt-tuning run (2 steps) on the city relation.
+  only = ('manual-*-seed0', 'p_tuning-city-seed0', 'prompt_manual-city-seed0')
+  _sweep('probe', tmp_path, *only, settings=['--set', 'BASE_STEP=2', '--set', 'PROBE_STEPS=4',
+                                             '--set', f'PROBE_CHECKPOINT={checkpoint}'])
+  for run in ('manual-colour-seed0', 'p_tuning-city-seed0', 'prompt_manual-city-seed0'):
+    best = json.loads((tmp_path / 'demo_probe' / run / 'best' / 'best.json').read_text())
+    (metrics,) = best['metrics'].values()
+    assert 0 <= metrics['precision_at_1'] <= 100, (run, best)
+  trained = json.loads((tmp_path / 'demo_probe' / 'p_tuning-city-seed0' /
+                        'parameters.json').read_text())['trained']
+  assert trained > 6 * 128  # the LSTM encoder and its 6 input embeddings
+  table = _plot(tmp_path / 'demo_probe', *only)
+  row = next(line for line in table.splitlines() if line.startswith('| precision@1'))
+  # One seed each: the manual prompt's mean over all 4 relations, the others' city alone.
+  assert row.count('(1)') == 3, table
