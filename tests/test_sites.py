@@ -25,6 +25,7 @@ EXPECTED = {
     'dense': ('Dense', '__call__'),
     'relative_position_bias': ('RelativePositionBiases', '__call__'),
     'decoder_input': ('DecoderOnlyBackbone', 'embed_decoder_inputs'),
+    'decoder_step_input': ('DecoderOnlyBackbone', 'embed_decoder_step'),
     'decoder_only_layer': ('DecoderOnlyLayer', '__call__'),
 }
 
