@@ -462,7 +462,11 @@ def test_recipe_runs_configure_the_trainer(path):
     # TRAIN_STEPS is absolute: every run of a sweep trains as many steps past
     # its own frozen model, 30,000 for the paper's.
     steps = gin_utils.macro('TRAIN_STEPS') - _base_step(gin_utils.macro('INITIAL_CHECKPOINT_PATH'))
-    if run.plot:  # a setup run (IPT's subspace finding) trains as long as it needs
+    # A zero-shot run (the probe's manual prompt) trains nothing and is
+    # scored by the evaluation before training.
+    zero_shot = steps == 0 and resolved.bindings.get(
+        'trainer.train.run_eval_before_training') == 'True'
+    if run.plot and not zero_shot:  # a setup run (IPT's subspace finding) trains as needed
       tuning_steps[run.name] = steps
   assert len(set(tuning_steps.values())) == 1, tuning_steps
   if '/paper/' in path:
