@@ -30,7 +30,6 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from prompt_tuning.model import gpt2_features
 from prompt_tuning.data import lookup
 from prompt_tuning.gin_utils import ConfigurationError
 from prompt_tuning.infer import bank as bank_lib
@@ -39,6 +38,7 @@ from prompt_tuning.infer import predict
 from prompt_tuning.infer import truncation
 from prompt_tuning.infer.evaluation import padded_batches
 from prompt_tuning.model import contract
+from prompt_tuning.model import gpt2_features
 
 MODES = ('predict', 'score')
 

@@ -21,12 +21,12 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import console
-from prompt_tuning.model import gpt2_features
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.infer import bank as bank_lib
 from prompt_tuning.infer import predict
 from prompt_tuning.infer import truncation
 from prompt_tuning.model import contract
+from prompt_tuning.model import gpt2_features
 
 Variables = Dict[str, Any]
 
