@@ -237,6 +237,8 @@ def test_sweep_skips_finished_runs_and_reports_failures(tmp_path, monkeypatch, c
   sweep_dir = tmp_path / 'runs' / 'resume'
   done = json.loads((sweep_dir / 'a-seed1' / 'sweep_done.json').read_text())
   assert done['command'][0] == 'python' and done['wall_s'] >= 0
+  # The code that made the result: this repository's commit (a clone in CI).
+  assert re.fullmatch(r'[0-9a-f]{40}(\+dirty)?', done['commit']), done['commit']
   assert not (sweep_dir / 'b-seed1' / 'sweep_done.json').exists()
   assert 'boom: out of memory' in (sweep_dir / 'b-seed1' / 'sweep.log').read_text()
 
@@ -369,6 +371,59 @@ def test_plot_only_some_runs_forms_groups_from_them_alone(tmp_path):
   assert '| a | 62.00 ± 2.00 (3) | 80.00 ± 0.00 (3) |' in out.stdout  # t1 alone
   assert '| b | 50.00 ± 0.00 (3) | 40.00 (1) |' in out.stdout
   assert 't2' not in out.stdout  # neither averaged in nor listed as missing
+
+
+def test_archive_keeps_results_across_machines(tmp_path):
+  recipe_path = tmp_path / 'fig.toml'
+  recipe_path.write_text(PLOT_RECIPE)
+  archive = tmp_path / 'fig_results.json'
+  plot_py = [sys.executable, str(REPO / 'tools' / 'plot.py')]
+  # One machine runs seed 0, archives it, and its run directories are lost.
+  first = tmp_path / 'machine1' / 'fig'
+  _write_runs(first)
+  for run in first.iterdir():
+    if not run.name.endswith('seed0'):
+      for f in sorted(run.rglob('*'), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+      run.rmdir()
+  out = subprocess.run(plot_py + [str(first), '--recipe', str(recipe_path),
+                                  '--archive', str(archive)],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert '| a | 65.00 (1) | 80.00 (1) |' in out.stdout
+  record = json.loads(archive.read_text())['runs']['a-s-t1-seed0']
+  assert record['labels'] == {'init': 'a', 'size': 's', 'task': 't1', 'seed': 0}
+  assert record['results']['metrics'] == {'toy_task': {'accuracy': 60}}
+  # Another machine runs seeds 1 and 2 (and seed 0 of a-s-t1 again, now 61).
+  second = tmp_path / 'machine2' / 'fig'
+  _write_runs(second)
+  for run in second.iterdir():
+    if run.name.endswith('seed0') and run.name != 'a-s-t1-seed0':
+      for f in sorted(run.rglob('*'), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+      run.rmdir()
+  (second / 'a-s-t1-seed0' / 'best' / 'best.json').write_text(json.dumps(
+      {'step': 5, 'score': 61, 'metrics': {'toy_task': {'accuracy': 61}}}))
+  out = subprocess.run(plot_py + [str(second), '--recipe', str(recipe_path),
+                                  '--archive', str(archive)],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  # All three seeds, as in test_plot_means_stds_and_missing; a-s seed 0 is now
+  # (61 + 70) / 2 = 65.5, so a-s is 65.5, 67, 69: 67.17 +- 1.76.
+  assert '| a | 67.17 ± 1.76 (3) | 80.00 ± 0.00 (3) |' in out.stdout
+  assert '| b | 51.50 ± 0.71 (2) | 42.00 (1) |' in out.stdout
+  # The archive alone draws the same table.
+  alone = subprocess.run(plot_py + [str(archive)], capture_output=True, text=True, timeout=120)
+  assert alone.returncode == 0, alone.stderr
+  assert '| a | 67.17 ± 1.76 (3) | 80.00 ± 0.00 (3) |' in alone.stdout
+  assert '| b | 51.50 ± 0.71 (2) | 42.00 (1) |' in alone.stdout
+  # Something else given as an archive is refused in one line.
+  (tmp_path / 'other.json').write_text('{"step": 5}')
+  bad = subprocess.run(plot_py + [str(tmp_path / 'other.json')], capture_output=True, text=True,
+                       timeout=120)
+  assert bad.returncode == 2
+  assert "other.json is not an archive of tools/plot.py (expected the keys 'spec' and 'runs')" \
+      in bad.stderr
 
 
 def test_metric_selection():

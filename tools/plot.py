@@ -5,6 +5,8 @@ r"""Draws a sweep's figure and its table: mean +- std over seeds of each (x, ser
     python tools/plot.py runs/demo_scale --per task     # also a table per task, every seed
     python tools/plot.py runs/demo_compare --x size     # a recipe's runs against another label
     python tools/plot.py runs/demo_scale --only '*-seed0'   # a part of a study, alone
+    python tools/plot.py runs/demo_ipt --archive docs/results/demo_ipt.json   # keep the results
+    python tools/plot.py docs/results/demo_ipt.json         # plot an archive alone
 
 Reads <sweep dir>/manifest.json (written by tools/sweep.py; `--recipe` instead
 takes the runs and the plotting spec from the recipe, the run directories
@@ -28,6 +30,14 @@ run's (see `relative`); runs with `plot = false` are left out. Besides its
 recipe labels, a run is labelled `trained_parameters` and
 `backbone_parameters` from MODEL_DIR/parameters.json (the trainer writes it),
 so `x = "trained_parameters"` draws a metric against what each method trains.
+
+`--archive FILE` keeps a study's results beyond its run directories: every
+run of the sweep that has a result is merged into FILE (JSON: the plotting
+spec, and per run its labels, its results and the command and commit that
+made them; a run's new result replaces its archived one), and the figure and
+tables are drawn from the merged runs. A study can so grow over machines:
+each adds the seeds it ran to the committed archive. An archive given in
+place of the sweep directory is plotted alone.
 """
 import argparse
 import dataclasses
@@ -155,9 +165,22 @@ def _available(metrics: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def collect(runs: Mapping[str, Mapping[str, Any]], metric: str) -> List[Result]:
-  """Every run's metric value; `runs` maps name -> {'labels', 'model_dir'}."""
+  """Every run's metric value.
+
+  `runs` maps name -> {'labels', 'model_dir'}, or, for an archived run,
+  {'labels', 'results', 'source'} (see `archive`).
+  """
   out = []
   for name, run in runs.items():
+    if 'results' in run:
+      results, source = run['results'], run['source']
+      value = None
+      try:
+        value = None if results is None else metric_value(results, metric)
+      except KeyError as e:
+        source = f'{source}: {e.args[0]}'
+      out.append(Result(name, dict(run['labels']), value, source))
+      continue
     results, source = read_results(run['model_dir'])
     value = None
     if results is not None:
@@ -202,6 +225,58 @@ def relative(results: Sequence[Result], spec: Mapping[str, Any]) -> List[Result]
       out.append(Result(r.name, r.labels, 100 * r.value / base.value,
                         f'{r.source} / {base.name}'))
   return out
+
+
+# -- archives --------------------------------------------------------------------
+def read_archive(path: str) -> Dict[str, Any]:
+  """An archive written by `archive`: {'spec': ..., 'runs': {name: record}}."""
+  try:
+    archived = json.loads(sweep_lib.read_text(path))
+  except json.JSONDecodeError as e:
+    raise recipe_lib.RecipeError(f'{path} is not an archive of tools/plot.py ({e}).') from e
+  if not isinstance(archived, dict) or set(archived) != {'spec', 'runs'}:
+    raise recipe_lib.RecipeError(f'{path} is not an archive of tools/plot.py '
+                                 "(expected the keys 'spec' and 'runs').")
+  return archived
+
+
+def archive(path: str, spec: Mapping[str, Any],
+            runs: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+  """Merges the runs that have a result into the archive at `path`; returns its runs.
+
+  A run's record holds its labels (with its trained parameter counts), its
+  results ({'score', 'metrics'}), where they were read, and the command and
+  commit of its sweep_done.json. A run without a result is recorded as
+  missing (results None) unless the archive has its result: a sweep started
+  again elsewhere never erases what was archived.
+  """
+  archived = read_archive(path)['runs'] if sweep_lib.exists(path) else {}
+  # In the sweep's order (the recipe's, which orders the figure's x and series),
+  # then the runs only the archive has.
+  merged = {n: archived[n] for n in runs if n in archived}
+  merged.update({n: r for n, r in archived.items() if n not in runs})
+  for name, run in runs.items():
+    if 'results' in run:
+      continue
+    results, source = read_results(run['model_dir'])
+    if results is None:
+      # Kept as missing, so that its groups stay incomplete in the archive alone.
+      if merged.get(name, {}).get('results') is None:
+        merged[name] = {'labels': dict(run['labels']), 'results': None, 'source': source,
+                        'plot': run.get('plot', True)}
+      continue
+    done = sweep_lib._done_record(run['model_dir']) or {}  # pylint: disable=protected-access
+    merged[name] = {
+        'labels': {**_parameter_labels(run['model_dir']), **run['labels']},
+        'results': results,
+        'source': f'{source}, archived from {run["model_dir"]}', 'plot': run.get('plot', True),
+        'command': done.get('command'), 'commit': done.get('commit'),
+        'finished': done.get('finished'), 'wall_s': done.get('wall_s')}
+  spec = {k: v for k, v in spec.items() if k != 'runs'}
+  merged = {**{n: merged[n] for n in runs if n in merged}, **merged}
+  text = json.dumps({'spec': spec, 'runs': merged}, indent=1) + '\n'
+  sweep_lib.write_text(path, text)
+  return merged
 
 
 # -- aggregation -----------------------------------------------------------------
@@ -418,7 +493,14 @@ def draw(table: Table, spec: Mapping[str, Any], output: str) -> None:
 
 # -- command line ----------------------------------------------------------------
 def load_sweep(sweep_dir: str, recipe_path: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(plotting spec, runs {name: {'labels', 'model_dir'}}) of a sweep directory."""
+  """(plotting spec, runs {name: {'labels', 'model_dir'}}) of a sweep directory.
+
+  Given an archive (a .json file) instead, its spec and archived runs.
+  """
+  if sweep_dir.endswith('.json'):
+    archived = read_archive(sweep_dir)
+    spec = recipe_lib.load(recipe_path).plot_spec() if recipe_path else archived['spec']
+    return spec, archived['runs']
   if recipe_path:
     recipe = recipe_lib.load(recipe_path)
     runs = {r.name: {'labels': r.labels, 'model_dir': sweep_lib.join(sweep_dir, r.name),
@@ -435,7 +517,8 @@ def load_sweep(sweep_dir: str, recipe_path: Optional[str]) -> Tuple[Dict[str, An
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('sweep_dir', help='OUT_DIR/<recipe> of tools/sweep.py')
+  parser.add_argument('sweep_dir', help='OUT_DIR/<recipe> of tools/sweep.py, or an archive '
+                                        '(.json) written by --archive')
   parser.add_argument('--recipe', help='take runs and plotting spec from this recipe instead')
   parser.add_argument('--output', help='the figure (PNG)')
   parser.add_argument('--markdown', help='also write the table here')
@@ -449,9 +532,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--per', metavar='LABEL',
                       help='also a table for each value of LABEL (an average_over label, '
                            'e.g. task), with every seed\'s value')
+  parser.add_argument('--archive', metavar='FILE',
+                      help='merge the runs with results into this JSON archive (kept in the '
+                           'repository: results outlive the run directories) and plot from it')
   args = parser.parse_args(argv)
   try:
     spec, runs = load_sweep(args.sweep_dir, args.recipe)
+    if args.archive:
+      archived = archive(args.archive, spec, runs)
+      # The sweep's runs, then what only the archive has (seeds run elsewhere).
+      runs = {**{n: archived.get(n, r) for n, r in runs.items()},
+              **{n: r for n, r in archived.items() if n not in runs}}
   except recipe_lib.RecipeError as e:
     print(f'Error: {e}', file=sys.stderr)
     return 2

@@ -11,7 +11,7 @@ Each run is `python -m prompt_tuning.train --gin_file=... --gin.NAME=VALUE ...
 --gin.MODEL_DIR='<out_dir>/<recipe>/<run>'`, started from the repository
 root (relative paths in a recipe are relative to it) with its output in
 MODEL_DIR/sweep.log. After a run succeeds, MODEL_DIR/sweep_done.json records
-its command and wall time, and a later sweep skips it: re-running the same
+its command, the code's commit and its wall time, and a later sweep skips it: re-running the same
 command resumes a sweep (an interrupted run resumes from its last checkpoint,
 as the trainer does). A failed run is reported and the sweep goes on; the exit
 status is 1 if any run failed.
@@ -146,6 +146,18 @@ def _best_score(directory: str) -> Optional[float]:
     return None
 
 
+def code_version() -> Optional[str]:
+  """The repository's commit, with '+dirty' if tracked files differ from it; None outside git."""
+  try:
+    git = lambda *a: subprocess.run(['git', *a], cwd=recipe_lib.REPO_ROOT, capture_output=True,
+                                    text=True, check=True, timeout=30).stdout.strip()
+    commit = git('rev-parse', 'HEAD')
+    dirty = git('status', '--porcelain', '--untracked-files=no')
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return commit + ('+dirty' if dirty else '')
+
+
 def run_one(cmd: Sequence[str], directory: str, display: Sequence[str],
             verbose: bool) -> Tuple[int, float, List[str]]:
   """Runs `cmd` from the repository root, its output to MODEL_DIR/sweep.log.
@@ -266,7 +278,8 @@ def sweep(recipe: recipe_lib.Recipe, out_dir: str, overrides: Dict[str, str],
     ran += 1
     if status == 0:
       write_text(join(directory, DONE_FILE), json.dumps(
-          {'run': name, 'labels': r.run.labels, 'command': shown, 'wall_s': round(wall, 1),
+          {'run': name, 'labels': r.run.labels, 'command': shown, 'commit': code_version(),
+           'wall_s': round(wall, 1),
            'finished': datetime.datetime.now().isoformat(timespec='seconds')}, indent=2) + '\n')
       score = _best_score(directory)
       score_text = f', best score {score:.2f}' if score is not None else ''
