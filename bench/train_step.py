@@ -199,6 +199,8 @@ def build_ours(kind: str, args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import flax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.deltas.p_tuning import PTuning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.deltas.prompt import PromptTuning  # pylint: disable=g-import-not-at-top
   from prompt_tuning.model import SIZES, Transformer  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train.method import from_run_files  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
@@ -218,7 +220,9 @@ def build_ours(kind: str, args) -> dict:
   prompted = 'prompt' in kind
   method = from_run_files(files, config, [f'PROMPT_LENGTH = {PROMPT_LENGTH}'] * prompted)
   model = method.model
-  encoder_length = args.inputs + (PROMPT_LENGTH if prompted else 0)
+  # Positions the deltas insert before the encoder (prompts, P-tuning's pseudo tokens).
+  encoder_length = args.inputs + sum(d.length for d in method.deltas
+                                     if isinstance(d, (PromptTuning, PTuning)))
   variables = initialize_variables(model, params, jax.random.fold_in(rng, 1),
                                    {'inputs': args.inputs, 'targets': args.targets})
   frozen, trainable = method.split(variables)
