@@ -694,6 +694,12 @@ def test_runs_take_only_the_axes_they_name_and_setup_runs_are_not_plotted(tmp_pa
   assert out.returncode == 0, out.stderr
   assert '| intrinsic | 88.89 (1) | 50.00 (1) |' in out.stdout, out.stdout
   assert 'subspace' not in out.stdout and 'Missing' not in out.stdout
+  absolute = subprocess.run([sys.executable, str(REPO / 'tools' / 'plot.py'), str(sweep_dir),
+                             '--recipe', str(tmp_path / 'staged.toml'), '--absolute'],
+                            capture_output=True, text=True, timeout=120)
+  assert absolute.returncode == 0, absolute.stderr
+  assert '| intrinsic | 80.00 (1) | 30.00 (1) |' in absolute.stdout, absolute.stdout
+  assert '| prompt | 90.00 (1) | 60.00 (1) |' in absolute.stdout, absolute.stdout
 
 
 def test_a_run_naming_an_unknown_axis_is_refused(tmp_path):

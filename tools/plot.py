@@ -7,6 +7,7 @@ r"""Draws a sweep's figure and its table: mean +- std over seeds of each (x, ser
     python tools/plot.py runs/demo_scale --only '*-seed0'   # a part of a study, alone
     python tools/plot.py runs/demo_ipt --archive docs/results/demo_ipt.json   # keep the results
     python tools/plot.py docs/results/demo_ipt.json         # plot an archive alone
+    python tools/plot.py docs/results/demo_ipt.json --absolute --per task   # raw accuracies
 
 Reads <sweep dir>/manifest.json (written by tools/sweep.py; `--recipe` instead
 takes the runs and the plotting spec from the recipe, the run directories
@@ -26,7 +27,8 @@ such a group counts only when every one of its runs has a result. Then each
 (n - 1) and n. Runs without a result are listed, never dropped silently.
 
 A recipe's `relative_to` turns each value into a percentage of its baseline
-run's (see `relative`); runs with `plot = false` are left out. Besides its
+run's (see `relative`; `--absolute` keeps the values, baselines included);
+runs with `plot = false` are left out. Besides its
 recipe labels, a run is labelled `trained_parameters` and
 `backbone_parameters` from MODEL_DIR/parameters.json (the trainer writes it),
 so `x = "trained_parameters"` draws a metric against what each method trains.
@@ -532,6 +534,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--per', metavar='LABEL',
                       help='also a table for each value of LABEL (an average_over label, '
                            'e.g. task), with every seed\'s value')
+  parser.add_argument('--absolute', action='store_true',
+                      help="the metric itself, not as a percentage of the recipe's relative_to "
+                           'baselines (which are tabulated too)')
   parser.add_argument('--archive', metavar='FILE',
                       help='merge the runs with results into this JSON archive (kept in the '
                            'repository: results outlive the run directories) and plot from it')
@@ -555,7 +560,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   runs = {n: r for n, r in runs.items() if r.get('plot', True) and
           (not args.only or any(fnmatch.fnmatchcase(n, g) for g in args.only))}
   results = collect(runs, spec['metric'])
-  if spec.get('relative_to'):
+  if args.absolute:  # the paper's figures and the y label are percentages
+    spec = {**spec, 'reported': None, 'ylabel': None}
+  elif spec.get('relative_to'):
     results = relative(results, spec['relative_to'])
   table = aggregate(results, spec)
   text = markdown(table, spec, args.digits)
