@@ -456,6 +456,8 @@ def draw(table: Table, spec: Mapping[str, Any], output: str) -> None:
     points = [(j, x, table.cells[(s, x)]) for j, x in enumerate(table.xs)
               if (s, x) in table.cells and table.cells[(s, x)].n]
     label = str(s) if s is not None else None
+    if not points and s not in reported:
+      continue  # nothing to draw: no legend entry either
     if categorical:
       pos = [j - 0.4 + width * (i + 0.5) for j, _, _ in points]
       ax.bar(pos, [c.mean for _, _, c in points], width * 0.9, color=color, label=label,
@@ -467,8 +469,9 @@ def draw(table: Table, spec: Mapping[str, Any], output: str) -> None:
     if s in reported:
       rx = [(j - 0.4 + width * (i + 0.5)) if categorical else x
             for j, x in enumerate(table.xs) if x in reported[s]]
+      # On a bar of its own colour an outline would vanish: black there.
       ax.scatter(rx, [reported[s][x] for x in table.xs if x in reported[s]], marker='D',
-                 facecolors='none', edgecolors=color, zorder=3,
+                 facecolors='none', edgecolors='black' if categorical else color, zorder=3,
                  label=f'paper: {s}' if s is not None else 'paper')
   if categorical:
     ax.set_xticks(range(len(table.xs)))
