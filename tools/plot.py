@@ -563,10 +563,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   runs = {n: r for n, r in runs.items() if r.get('plot', True) and
           (not args.only or any(fnmatch.fnmatchcase(n, g) for g in args.only))}
   results = collect(runs, spec['metric'])
-  if args.absolute:  # the paper's figures and the y label are percentages
-    spec = {**spec, 'reported': None, 'ylabel': None}
-  elif spec.get('relative_to'):
-    results = relative(results, spec['relative_to'])
+  if spec.get('relative_to'):
+    if args.absolute:  # the recipe's paper figures and y label are percentages then
+      spec = {**spec, 'reported': None, 'ylabel': None}
+    else:
+      results = relative(results, spec['relative_to'])
   table = aggregate(results, spec)
   text = markdown(table, spec, args.digits)
   if args.per:
