@@ -13,7 +13,8 @@
 #   xs  1.05M: demo_models/xs/... -> prompt_tuning/assets/demo_world_t5_xs;
 #       the same steps, about 10 minutes
 #   l   10.6M: demo_models/l/... -> demo_models/l/hf (21 MB, not shipped);
-#       6,000 + 1,000 steps, about 45 minutes
+#       6,000 + 1,000 steps, about an hour on 2 idle cores (2 h 15 min on one:
+#       LM adaptation runs at a quarter of span corruption's steps/s)
 #   decoder_only  the decoder-only demo LM (gin/demo/model_decoder_only_s.gin,
 #       4,769,024 parameters): only a causal LM pre-training on the corpus
 #       (gin/demo/pretrain_decoder_only.gin), no LM adaptation and no export,
