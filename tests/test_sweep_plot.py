@@ -725,3 +725,20 @@ def test_suite_recipes_name_each_tasks_labels_and_ipts_sources_in_marker_order(n
         assert f'-{seen_task.replace("taskless_demo_suite_", "")}-seed' in source, source
       continue
     assert ast.literal_eval(resolved.bindings['CLASS_LABELS']) == demo_suite.labels(task), run.name
+
+
+def test_sweeps_side_by_side_do_not_trip_over_the_manifest(tmp_path):
+  # Sweeps sharing an output directory (one per core, their run locks
+  # keeping them off each other's runs) each rewrite its manifest at start;
+  # with one shared temporary name, one could rename away the file the
+  # other was about to rename, and that sweep died before its run.
+  writer = ('import sys; sys.path.insert(0, sys.argv[1]); import sweep\n'
+            'for i in range(400):\n'
+            '  sweep.write_text(sys.argv[2], sys.argv[3] * 1000)\n')
+  path = tmp_path / 'manifest.json'
+  procs = [subprocess.Popen([sys.executable, '-c', writer, str(REPO / 'tools'), str(path), c],
+                            stderr=subprocess.PIPE, text=True) for c in 'ab']
+  errors = [p.communicate()[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], errors
+  assert path.read_text() in ('a' * 1000, 'b' * 1000)
+  assert [p.name for p in tmp_path.iterdir()] == ['manifest.json']  # no temporary left

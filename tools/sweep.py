@@ -76,7 +76,10 @@ def write_text(path: str, text: str) -> None:
       f.write(text)
     return
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp'
+  # A temporary name of this writer's own: sweeps side by side in one output
+  # directory all rewrite its manifest, and a shared name let one rename
+  # away the file another was about to rename.
+  tmp = f'{path}.{os.getpid()}.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(text)
   os.replace(tmp, path)
